@@ -1,0 +1,682 @@
+"""The scheduler core: every rule of SEMANTICS.md, with no I/O and no clock.
+
+Theory of operation
+-------------------
+There is one ``Scheduler`` per server.  Every method that depends on time takes
+``now`` (float seconds since the Unix epoch) as an argument; nothing here
+sleeps, reads a clock or touches a socket, so the whole core can be driven
+deterministically by tests.
+
+State:
+
+* ``jobs`` maps a handle ``(func, name)`` to its ``JobEntry``.  A pending job
+  sits in its function's ``SortedList`` keyed by ``(run_at, seq)``: jobs of one
+  function go out in due-time order, first come first served among equal
+  times.  Entries in a SortedList never change while stored; to move a job we
+  remove its key, change it, and add a new key.
+* Each connection (``ConnState``) has free grab slots (the msgids of its
+  GRAB_JOBs), the assignments it has not confirmed yet (one per msgid at most)
+  and every job it holds.
+* ``deadlines`` orders the assignments by the moment their timeout runs out.
+  The timeout counts from assignment and restarts when the worker confirms
+  with JOB_ASSIGNED, so a worker always gets its full timeout once it starts
+  the job.  A job held by one worker is never handed to a second one unless
+  that deadline passed.
+* ``timers`` is a lazy heap of ``(run_at, func)``: a function with a pending
+  job that is not due yet has an entry no later than its earliest job.  Stale
+  entries only cause a harmless extra wake-up.
+* ``candidates`` holds the functions that may be dispatchable now (a job
+  became due, a slot or worker appeared).  ``dispatch`` looks only at them,
+  so an idle server does no work.
+
+Outputs: effects (``Assign``, ``Push``) are appended to ``self.effects`` and
+store changes to ``self.changes``; the service takes both after each batch of
+calls (``take_effects`` / ``take_changes``), makes the changes durable and
+then routes the effects.
+
+Differences from the reference server are deliberate and listed in the
+README ("Differences from periodicd"); each is marked *fix:* below.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable
+
+from sortedcontainers import SortedList
+
+from trio_periodic.protocol.job import Job
+from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
+from trio_periodic.scheduler.effects import Assign, Effect, Push
+from trio_periodic.scheduler.state import (
+    Assignment,
+    ConnState,
+    FuncState,
+    Handle,
+    JobEntry,
+    JobState,
+    Lock,
+    Waiters,
+)
+from trio_periodic.store.base import (
+    Change,
+    DeleteFunc,
+    DeleteJob,
+    PutFunc,
+    PutJob,
+    SetConfig,
+    StoredState,
+)
+
+RESULT_FAILED = b"failed"
+RESULT_REMOVED = b"removed"
+RESULT_EXPIRED = b"expired"
+STREAM_EOF = b"EOF"
+#: Lifetime of a RUN_JOB / RECV_DATA wait when the job has no timeout (seconds).
+DEFAULT_WAIT = 60
+#: Delay before a failed job runs again (seconds).
+RETRY_DELAY = 1.0
+
+_INF = math.inf
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self.config: dict[str, int] = dict(DEFAULTS)
+        self.jobs: dict[Handle, JobEntry] = {}
+        self.funcs: dict[bytes, FuncState] = {}
+        self.locks: dict[bytes, Lock] = {}
+        self.waiters: dict[Handle, Waiters] = {}
+        self.deadlines: SortedList = SortedList()  # (deadline, seq, Assignment)
+        self.waiter_expiry: SortedList = SortedList()  # (expires_at, seq, handle)
+        self.timers: list[tuple[float, bytes]] = []
+        self.candidates: set[bytes] = set()
+        self.effects: list[Effect] = []
+        self.changes: list[Change] = []
+        self._seq = 0
+        self._conn_ids = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    def take_effects(self) -> list[Effect]:
+        effects, self.effects = self.effects, []
+        return effects
+
+    def take_changes(self) -> list[Change]:
+        changes, self.changes = self.changes, []
+        return changes
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _func(self, name: bytes) -> FuncState:
+        fs = self.funcs.get(name)
+        if fs is None:
+            fs = self.funcs[name] = FuncState(name)
+        return fs
+
+    def effective_timeout(self, job: Job) -> int:
+        return job.timeout if job.timeout > 0 else self.config["timeout"]
+
+    def restore(self, state: StoredState, now: float) -> None:
+        """Load what a store kept.  Every job comes back pending."""
+        for key, value in state.config.items():
+            if key in self.config:
+                self.config[key] = value
+        for func in state.funcs:
+            self._func(func)
+        for job in state.jobs:
+            self._put(job, now)
+        self.changes.clear()
+
+    # ------------------------------------------------------------ connections
+
+    def connect(self, is_worker: bool, sink: object = None) -> ConnState:
+        self._conn_ids += 1
+        return ConnState(self._conn_ids, is_worker, sink)
+
+    def disconnect(self, conn: ConnState, now: float) -> None:
+        """A connection went away: hand back its jobs, forget its slots."""
+        conn.closed = True
+        for func in list(conn.funcs):
+            self.cant_do(conn, func)
+        conn.slots.clear()
+        conn.slot_set.clear()
+        conn.open.clear()
+        for assignment in list(conn.held.values()):
+            if assignment.confirmed:
+                self._expire_assignment(assignment, now)
+            else:
+                # Never confirmed: the worker may not have seen it; offer it again
+                # at once with no penalty.
+                self._drop_assignment(assignment)
+                entry = assignment.entry
+                if not entry.assignments and entry.state is JobState.RUNNING:
+                    self._requeue(entry, entry.run_at)
+
+    # ----------------------------------------------------------- registration
+
+    def can_do(self, conn: ConnState, func: bytes, broadcast: bool = False) -> None:
+        if func not in self.funcs:
+            self.changes.append(PutFunc(func))
+        fs = self._func(func)
+        if func not in conn.funcs:
+            conn.funcs.add(func)
+            fs.workers.append(conn)
+        # The latest registration decides the mode of the function.
+        fs.broadcast = broadcast
+        if conn.slots:
+            self.candidates.add(func)
+
+    def cant_do(self, conn: ConnState, func: bytes) -> None:
+        if func not in conn.funcs:
+            return
+        conn.funcs.discard(func)
+        fs = self.funcs.get(func)
+        if fs is not None and conn in fs.workers:
+            fs.workers.remove(conn)
+
+    def worker_count(self, func: bytes) -> int:
+        fs = self.funcs.get(func)
+        return len(fs.workers) if fs is not None else 0
+
+    # --------------------------------------------------------------- grabbing
+
+    def grab_wanted(self, conn: ConnState, msgid: int) -> bool:
+        """Should a GRAB_JOB on ``msgid`` arm a slot (once its reply is out)?
+
+        fix: a GRAB_JOB that arrives while an unconfirmed assignment is open on
+        the same msgid was sent before the worker saw that assignment; arming
+        it would put a second job on a busy msgid.  After JOB_ASSIGNED (even in
+        the same read) a GRAB_JOB re-arms the slot as expected."""
+        return msgid not in conn.open and msgid not in conn.slot_set
+
+    def add_slot(self, conn: ConnState, msgid: int) -> None:
+        if conn.closed or msgid in conn.slot_set or msgid in conn.open:
+            return
+        conn.slots.append(msgid)
+        conn.slot_set.add(msgid)
+        self.candidates.update(conn.funcs)
+
+    def job_assigned(self, conn: ConnState, msgid: int, now: float) -> None:
+        """JOB_ASSIGNED: the worker started the job; its timeout starts now."""
+        assignment = conn.open.pop(msgid, None)
+        if assignment is None:
+            return
+        assignment.confirmed = True
+        self._set_deadline(assignment, now + self.effective_timeout(assignment.entry.job))
+
+    def job_unassigned(self, conn: ConnState, msgid: int, now: float) -> None:
+        """JOB_UNASSIGNED: the worker declines; the job goes back unchanged."""
+        assignment = conn.open.pop(msgid, None)
+        if assignment is None:
+            return
+        entry = assignment.entry
+        self._drop_assignment(assignment)
+        if not entry.assignments and entry.state is JobState.RUNNING:
+            self._requeue(entry, entry.run_at)
+
+    # ------------------------------------------------------------- submitting
+
+    def submit(self, job: Job, now: float) -> None:
+        """SUBMIT_JOB / LOAD: replace unless running, never create a duplicate."""
+        entry = self.jobs.get((job.func, job.name))
+        if entry is not None and entry.state is JobState.RUNNING:
+            return
+        self._put(job, now)
+
+    def _put(self, job: Job, now: float) -> JobEntry:
+        if job.sched_at < now:
+            run_at = now
+            job.sched_at = int(now)
+        else:
+            run_at = float(job.sched_at)
+        handle = (job.func, job.name)
+        fs = self._func(job.func)
+        old = self.jobs.get(handle)
+        if old is not None:
+            self._forget(old, fs)
+        entry = JobEntry(job, run_at)
+        self.jobs[handle] = entry
+        fs.njobs += 1
+        self._enqueue(entry, fs)
+        self.changes.append(PutJob(job))
+        return entry
+
+    def run_job(self, conn: ConnState, msgid: int, job: Job, now: float) -> bool:
+        """RUN_JOB: False means NO_WORKER.  The result arrives later as a Push."""
+        if not self.worker_count(job.func):
+            return False
+        self._add_waiter(job, now).results.append((conn, msgid))
+        self.submit(job, now)
+        return True
+
+    def recv_data(self, conn: ConnState, msgid: int, job: Job, now: float) -> bool:
+        """RECV_DATA: False means NO_WORKER."""
+        if not self.worker_count(job.func):
+            return False
+        self._add_waiter(job, now).streams.append((conn, msgid))
+        return True
+
+    def _add_waiter(self, job: Job, now: float) -> Waiters:
+        handle = (job.func, job.name)
+        waiters = self.waiters.get(handle)
+        if waiters is None:
+            waiters = self.waiters[handle] = Waiters()
+        if waiters.key is not None:
+            self.waiter_expiry.remove(waiters.key)
+        waiters.expires_at = now + (job.timeout if job.timeout > 0 else DEFAULT_WAIT)
+        waiters.key = (waiters.expires_at, self._next_seq(), handle)
+        self.waiter_expiry.add(waiters.key)
+        return waiters
+
+    # ----------------------------------------------------------- dispatching
+
+    def dispatch(self, now: float) -> None:
+        """Hand every due job of every candidate function to a free slot."""
+        if not self.candidates:
+            return
+        candidates, self.candidates = self.candidates, set()
+        for func in candidates:
+            fs = self.funcs.get(func)
+            if fs is None or not fs.queue or not fs.workers:
+                continue
+            queue = fs.queue
+            while queue:
+                run_at, _, entry = queue[0]
+                if run_at > now:
+                    if run_at < fs.timer_at:
+                        fs.timer_at = run_at
+                        heapq.heappush(self.timers, (run_at, func))
+                    break
+                if fs.broadcast:
+                    if not self._assign_broadcast(fs, entry, now):
+                        break
+                else:
+                    conn = self._pick_worker(fs)
+                    if conn is None:
+                        break
+                    self._assign(entry, fs, conn, now)
+
+    def _pick_worker(self, fs: FuncState) -> ConnState | None:
+        """Round robin over the function's workers that have a free slot."""
+        workers = fs.workers
+        n = len(workers)
+        start = fs.rr
+        for i in range(n):
+            idx = (start + i) % n
+            conn = workers[idx]
+            if conn.slots:
+                fs.rr = idx + 1
+                return conn
+        return None
+
+    def _assign(self, entry: JobEntry, fs: FuncState, conn: ConnState, now: float) -> None:
+        self._dequeue(entry, fs)
+        entry.state = JobState.RUNNING
+        fs.nrunning += 1
+        self._hand_to(entry, conn, now)
+
+    def _assign_broadcast(self, fs: FuncState, entry: JobEntry, now: float) -> bool:
+        takers = [conn for conn in fs.workers if conn.slots]
+        if not takers:
+            return False
+        self._dequeue(entry, fs)
+        entry.state = JobState.RUNNING
+        fs.nrunning += 1
+        for conn in takers:
+            self._hand_to(entry, conn, now)
+        return True
+
+    def _hand_to(self, entry: JobEntry, conn: ConnState, now: float) -> None:
+        msgid = conn.slots.pop()
+        conn.slot_set.discard(msgid)
+        assignment = Assignment(entry, conn, msgid, now)
+        entry.assignments.append(assignment)
+        conn.open[msgid] = assignment
+        conn.held[(entry.job.func, entry.job.name)] = assignment
+        job = entry.job
+        timeout = self.effective_timeout(job)
+        self._set_deadline(assignment, now + timeout)
+        sent = Job(job.func, job.name, job.workload, job.sched_at, job.count, timeout)
+        self.effects.append(Assign(conn, msgid, sent))
+
+    # ---------------------------------------------------------- job results
+
+    def work_done(self, conn: ConnState, func: bytes, name: bytes, data: bytes) -> None:
+        """WORK_DONE: the job is finished, whoever reports it."""
+        entry = self.jobs.get((func, name))
+        self._release_sender(conn, (func, name))
+        if entry is None:
+            return
+        self._finish(entry, data)
+
+    def work_fail(self, conn: ConnState, func: bytes, name: bytes, now: float) -> None:
+        entry = self._reported(conn, (func, name))
+        if entry is not None:
+            self._fail(entry, now)
+
+    def sched_later(
+        self, conn: ConnState, func: bytes, name: bytes, delay: int, step: int, now: float
+    ) -> None:
+        entry = self._reported(conn, (func, name))
+        if entry is None:
+            return
+        self._release_locks(entry)
+        if (func, name) in self.waiters and self.waiters[(func, name)].results:
+            self._finish(entry, RESULT_FAILED)
+            return
+        job = entry.job
+        run_at = now + delay
+        job.count += step
+        # Whole seconds on the wire and in the store, rounded up so that a job
+        # restored after a restart never runs before its time.
+        job.sched_at = math.ceil(run_at)
+        self._requeue(entry, run_at)
+        self.changes.append(PutJob(job))
+
+    def work_data(self, func: bytes, name: bytes, data: bytes) -> None:
+        waiters = self.waiters.get((func, name))
+        if waiters is not None:
+            for conn, msgid in waiters.streams:
+                self.effects.append(Push(conn, msgid, data))
+
+    def _release_sender(self, conn: ConnState, handle: Handle) -> Assignment | None:
+        assignment = conn.held.get(handle)
+        if assignment is not None:
+            self._drop_assignment(assignment)
+        return assignment
+
+    def _reported(self, conn: ConnState, handle: Handle) -> JobEntry | None:
+        """The running job a WORK_FAIL / SCHED_LATER may act on, or None.
+
+        fix: a report from a connection that does not hold the job is ignored
+        while another worker holds it (a late WORK_FAIL after a timeout must
+        not take the job away from its new worker)."""
+        entry = self.jobs.get(handle)
+        mine = self._release_sender(conn, handle)
+        if entry is None or entry.state is not JobState.RUNNING:
+            return None
+        if mine is None and entry.assignments:
+            return None
+        if entry.assignments:
+            # Another holder of a broadcast job is still at it.
+            return None
+        return entry
+
+    def _finish(self, entry: JobEntry, result: bytes) -> None:
+        self._delete(entry)
+        self.changes.append(DeleteJob(entry.job.func, entry.job.name))
+        self._notify(entry.job.func, entry.job.name, result)
+
+    def _fail(self, entry: JobEntry, now: float) -> None:
+        """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly."""
+        self._release_locks(entry)
+        handle = (entry.job.func, entry.job.name)
+        waiters = self.waiters.get(handle)
+        if waiters is not None and waiters.results:
+            self._finish(entry, RESULT_FAILED)
+            return
+        for assignment in list(entry.assignments):
+            self._drop_assignment(assignment)
+        run_at = now + RETRY_DELAY
+        entry.job.sched_at = math.ceil(run_at)
+        self._requeue(entry, run_at)
+
+    def _notify(self, func: bytes, name: bytes, result: bytes) -> None:
+        waiters = self.waiters.pop((func, name), None)
+        if waiters is None:
+            return
+        if waiters.key is not None:
+            self.waiter_expiry.remove(waiters.key)
+        for conn, msgid in waiters.streams:
+            self.effects.append(Push(conn, msgid, STREAM_EOF))
+        for conn, msgid in waiters.results:
+            self.effects.append(Push(conn, msgid, result))
+
+    # ------------------------------------------------------------ removal
+
+    def remove_job(self, func: bytes, name: bytes) -> None:
+        entry = self.jobs.get((func, name))
+        if entry is not None:
+            self._delete(entry)
+            self.changes.append(DeleteJob(func, name))
+        self._notify(func, name, RESULT_REMOVED)
+
+    def drop_func(self, func: bytes) -> bool:
+        """DROP_FUNC: only a known function with no worker is dropped."""
+        fs = self.funcs.get(func)
+        if fs is None or fs.workers:
+            return False
+        for handle, entry in list(self.jobs.items()):
+            if handle[0] == func:
+                self._delete(entry)
+                self._notify(handle[0], handle[1], RESULT_REMOVED)
+        del self.funcs[func]
+        self.candidates.discard(func)
+        self.changes.append(DeleteFunc(func))
+        return True
+
+    def _delete(self, entry: JobEntry) -> None:
+        """Take a job out of every structure (queue, holders, locks)."""
+        fs = self.funcs[entry.job.func]
+        self._forget(entry, fs)
+        del self.jobs[(entry.job.func, entry.job.name)]
+
+    def _forget(self, entry: JobEntry, fs: FuncState) -> None:
+        self._release_locks(entry)
+        for assignment in list(entry.assignments):
+            self._drop_assignment(assignment)
+        if entry.state is JobState.PENDING:
+            self._dequeue(entry, fs)
+        elif entry.state is JobState.RUNNING:
+            fs.nrunning -= 1
+        elif entry.state is JobState.LOCKED:
+            fs.nlocked -= 1
+        entry.state = JobState.PENDING
+        fs.njobs -= 1
+
+    # ---------------------------------------------------------- queue helpers
+
+    def _enqueue(self, entry: JobEntry, fs: FuncState) -> None:
+        key = (entry.run_at, self._next_seq(), entry)
+        entry.key = key
+        entry.state = JobState.PENDING
+        queue = fs.queue
+        queue.add(key)
+        if queue[0] is key and fs.workers:
+            self.candidates.add(fs.name)
+
+    def _dequeue(self, entry: JobEntry, fs: FuncState) -> None:
+        if entry.key is not None:
+            fs.queue.remove(entry.key)
+            entry.key = None
+
+    def _requeue(self, entry: JobEntry, run_at: float) -> None:
+        """A running or locked job becomes pending again at ``run_at``."""
+        fs = self.funcs[entry.job.func]
+        if entry.state is JobState.RUNNING:
+            fs.nrunning -= 1
+        elif entry.state is JobState.LOCKED:
+            fs.nlocked -= 1
+        else:
+            self._dequeue(entry, fs)
+        entry.run_at = run_at
+        self._enqueue(entry, fs)
+
+    def _set_deadline(self, assignment: Assignment, deadline: float) -> None:
+        if assignment.key is not None:
+            self.deadlines.remove(assignment.key)
+        assignment.deadline = deadline
+        assignment.key = (deadline, self._next_seq(), assignment)
+        self.deadlines.add(assignment.key)
+
+    def _drop_assignment(self, assignment: Assignment) -> None:
+        """Detach an assignment from its job, its connection and the deadlines."""
+        entry = assignment.entry
+        if assignment in entry.assignments:
+            entry.assignments.remove(assignment)
+        conn = assignment.conn
+        handle = (entry.job.func, entry.job.name)
+        if conn.held.get(handle) is assignment:
+            del conn.held[handle]
+        if conn.open.get(assignment.msgid) is assignment:
+            del conn.open[assignment.msgid]
+        if assignment.key is not None:
+            self.deadlines.remove(assignment.key)
+            assignment.key = None
+
+    # --------------------------------------------------------------- time
+
+    def tick(self, now: float) -> None:
+        """Expire what is due at ``now`` and dispatch what became due."""
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            self._expire_assignment(deadlines[0][2], now)
+        expiry = self.waiter_expiry
+        while expiry and expiry[0][0] <= now:
+            self._expire_waiters(expiry[0][2])
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            at, func = heapq.heappop(timers)
+            fs = self.funcs.get(func)
+            if fs is not None:
+                if fs.timer_at == at:
+                    fs.timer_at = _INF
+                self.candidates.add(func)
+        self.dispatch(now)
+
+    def next_wakeup(self) -> float:
+        """The earliest moment ``tick`` has something to do (epoch seconds)."""
+        t = _INF
+        if self.deadlines:
+            t = self.deadlines[0][0]
+        if self.waiter_expiry and self.waiter_expiry[0][0] < t:
+            t = self.waiter_expiry[0][0]
+        if self.timers and self.timers[0][0] < t:
+            t = self.timers[0][0]
+        return t
+
+    def _expire_assignment(self, assignment: Assignment, now: float) -> None:
+        """The holder's time ran out (or it vanished): fail its job."""
+        entry = assignment.entry
+        self._drop_assignment(assignment)
+        if entry.assignments or entry.state is not JobState.RUNNING:
+            return
+        self._fail(entry, now)
+
+    def _expire_waiters(self, handle: Handle) -> None:
+        """A RUN_JOB / RECV_DATA wait ran out: the job is deleted (``expired``)."""
+        entry = self.jobs.get(handle)
+        if entry is not None:
+            self._delete(entry)
+            self.changes.append(DeleteJob(*handle))
+        self._notify(handle[0], handle[1], RESULT_EXPIRED)
+
+    # ---------------------------------------------------------------- locks
+
+    def acquire(self, lock_name: bytes, count: int, func: bytes, name: bytes) -> bool:
+        handle = (func, name)
+        entry = self.jobs.get(handle)
+        if entry is None or entry.state is not JobState.RUNNING:
+            return True
+        lock = self.locks.get(lock_name)
+        if lock is None:
+            lock = self.locks[lock_name] = Lock(capacity=count)
+        lock.capacity = max(lock.capacity, count)
+        if handle in lock.holders:
+            return True
+        if handle in lock.waiters:
+            return False
+        entry.locks.add(lock_name)
+        if len(lock.holders) < lock.capacity:
+            lock.holders.add(handle)
+            return True
+        lock.waiters.append(handle)
+        # Park the job.  fix: its holders are dropped now, so no stale deadline
+        # can fire later and run it twice.
+        for assignment in list(entry.assignments):
+            self._drop_assignment(assignment)
+        fs = self.funcs[func]
+        fs.nrunning -= 1
+        fs.nlocked += 1
+        entry.state = JobState.LOCKED
+        return False
+
+    def release(self, lock_name: bytes, func: bytes, name: bytes, now: float) -> None:
+        handle = (func, name)
+        lock = self.locks.get(lock_name)
+        if lock is None:
+            return
+        entry = self.jobs.get(handle)
+        if entry is not None:
+            entry.locks.discard(lock_name)
+        if handle in lock.holders:
+            lock.holders.discard(handle)
+            self._promote(lock)
+        elif handle in lock.waiters:
+            lock.waiters.remove(handle)
+            if entry is not None and entry.state is JobState.LOCKED:
+                self._requeue(entry, now)
+        if not lock.holders and not lock.waiters:
+            del self.locks[lock_name]
+
+    def _promote(self, lock: Lock) -> None:
+        """Give freed places to waiting jobs, first come first served.  A
+        promoted job keeps its place in time: it was due when it was parked."""
+        while lock.waiters and len(lock.holders) < lock.capacity:
+            handle = lock.waiters.pop(0)
+            entry = self.jobs.get(handle)
+            if entry is None or entry.state is not JobState.LOCKED:
+                continue  # gone meanwhile: the place goes to the next one
+            lock.holders.add(handle)
+            self._requeue(entry, entry.run_at)
+
+    def _release_locks(self, entry: JobEntry) -> None:
+        if not entry.locks:
+            return
+        handle = (entry.job.func, entry.job.name)
+        for lock_name in list(entry.locks):
+            lock = self.locks.get(lock_name)
+            if lock is None:
+                continue
+            if handle in lock.holders:
+                lock.holders.discard(handle)
+                self._promote(lock)
+            elif handle in lock.waiters:
+                lock.waiters.remove(handle)
+            if not lock.holders and not lock.waiters:
+                del self.locks[lock_name]
+        entry.locks.clear()
+
+    # ------------------------------------------------------- status & admin
+
+    def status(self, now: float) -> bytes:
+        """STATUS text: ``func,workers,jobs,processing,locked,schedat`` lines."""
+        lines = []
+        for name in sorted(self.funcs):
+            fs = self.funcs[name]
+            schedat = fs.queue[0][2].job.sched_at if fs.queue else int(now)
+            lines.append(
+                b"%s,%d,%d,%d,%d,%d"
+                % (name, len(fs.workers), fs.njobs, fs.nrunning, fs.nlocked, schedat)
+            )
+        return b"\n".join(lines)
+
+    def dump(self) -> list[Job]:
+        return [entry.job for entry in self.jobs.values()]
+
+    def load(self, jobs: Iterable[Job], now: float) -> None:
+        for job in jobs:
+            self.submit(job, now)
+
+    def config_get(self, key: str) -> int:
+        return self.config.get(key, 0)
+
+    def config_set(self, key: str, value: int) -> None:
+        if key not in self.config:
+            return
+        self.config[key] = max(0, min(value, U32_MAX))
+        self.changes.append(SetConfig(key, self.config[key]))

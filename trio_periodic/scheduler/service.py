@@ -1,0 +1,135 @@
+"""The trio service around the scheduler core: one clock, one wake-up loop.
+
+Theory of operation
+-------------------
+``SchedulerService.run`` is a single task.  Each turn it lets the core expire
+what is due (job timeouts, RUN_JOB waits) and dispatch what became due, then
+sleeps inside a cancel scope whose deadline is the core's next wake-up: the
+earliest job timeout or due time.  That cancel scope is what enforces job
+timeouts, to the millisecond, without a polling loop.  Anything that may
+bring the next wake-up forward (a new job, a confirmation, a slot) calls
+``poke()``, which only wakes the loop when the deadline actually moved.
+
+Connection handlers call the core directly (trio is cooperative, so a batch
+of calls is atomic), then ``finish_batch()``: it dispatches, takes the batch's
+effects and store changes, and returns them.  The handler makes the changes
+durable with ``commit`` before it sends any acknowledgement, and only then
+routes the effects with ``deliver``.
+
+Time: the core works in float seconds since the Unix epoch.  ``Clock`` derives
+them from trio's clock plus a fixed offset taken at start, so tests that run
+on ``trio.testing.MockClock`` move both together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from trio_periodic.protocol.constants import Cmd
+from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
+from trio_periodic.protocol.packets import JobAssign
+from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.effects import Assign, Effect
+from trio_periodic.store.base import Change, Store
+
+log = logging.getLogger(__name__)
+
+
+class Clock:
+    """Epoch seconds that move with trio's clock (and so with MockClock)."""
+
+    def __init__(self) -> None:
+        self._offset = time.time() - trio.current_time()
+
+    def now(self) -> float:
+        return trio.current_time() + self._offset
+
+    def to_trio(self, epoch: float) -> float:
+        return epoch - self._offset
+
+
+class Outbox(Protocol):
+    """Where the service puts frames for one connection (its writer sends them)."""
+
+    def push_frame(self, frame: bytes) -> None: ...
+
+
+class SchedulerService:
+    def __init__(self, core: Scheduler, store: Store, clock: Clock) -> None:
+        self.core = core
+        self.store = store
+        self.clock = clock
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+
+    # ------------------------------------------------------------ batches
+
+    def finish_batch(self) -> tuple[list[Effect], list[Change]]:
+        """Dispatch after a batch of core calls; return its effects and changes."""
+        core = self.core
+        core.dispatch(self.clock.now())
+        self.poke()
+        return core.take_effects(), core.take_changes()
+
+    async def commit(self, changes: Sequence[Change]) -> None:
+        """Make changes durable (a no-op for the memory store)."""
+        if changes and self.store.durable:
+            await self.store.commit(changes)
+
+    def deliver(self, effects: list[Effect]) -> None:
+        """Encode effects as frames into their connections' outboxes."""
+        for effect in effects:
+            outbox: Outbox | None = effect.conn.sink
+            if outbox is None or effect.conn.closed:
+                continue
+            if isinstance(effect, Assign):
+                outbox.push_frame(encode_frame(effect.msgid, JobAssign(effect.job)))
+            else:
+                outbox.push_frame(encode_raw_frame(effect.msgid, Cmd.DATA, effect.data))
+
+    async def settle(self) -> None:
+        """Finish a batch that has no acknowledgement waiting on it."""
+        effects, changes = self.finish_batch()
+        if changes:
+            try:
+                await self.commit(changes)
+            except Exception:
+                log.exception("store commit failed for background changes")
+        self.deliver(effects)
+
+    # ------------------------------------------------------------ wake-ups
+
+    def poke(self) -> None:
+        """Wake the loop if the core's next deadline is earlier than its sleep."""
+        if self.core.next_wakeup() < self._sleeping_until or self.core.candidates:
+            self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        core = self.core
+        while True:
+            core.tick(self.clock.now())
+            await self.settle_tick()
+            self._sleeping_until = core.next_wakeup()
+            if not core.candidates:
+                # The cancel scope below enforces the earliest job timeout / due time.
+                with trio.move_on_at(self.clock.to_trio(self._sleeping_until)):
+                    await self._wake.wait()
+            self._sleeping_until = -math.inf
+            self._wake = trio.Event()
+            await trio.lowlevel.checkpoint()
+
+    async def settle_tick(self) -> None:
+        effects, changes = self.core.take_effects(), self.core.take_changes()
+        if changes:
+            try:
+                await self.commit(changes)
+            except Exception:
+                log.exception("store commit failed for expired jobs")
+        self.deliver(effects)

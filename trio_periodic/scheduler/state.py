@@ -1,0 +1,127 @@
+"""Plain records the scheduler core keeps: jobs, functions, connections.
+
+They hold no behaviour beyond bookkeeping helpers; the rules live in
+``core.py``.  Every time value is a float of seconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from trio_periodic.protocol.job import Job
+
+Handle = tuple[bytes, bytes]
+
+
+class JobState(IntEnum):
+    PENDING = 0
+    RUNNING = 1
+    LOCKED = 2
+
+
+class JobEntry:
+    """One stored job.  ``job.sched_at`` is the whole-second value clients see;
+    ``run_at`` is the precise time it becomes due (sub-second precision is kept
+    inside so that a delay of 1 s means 1 s)."""
+
+    __slots__ = ("assignments", "job", "key", "locks", "run_at", "state")
+
+    def __init__(self, job: Job, run_at: float) -> None:
+        self.job = job
+        self.run_at = run_at
+        self.state = JobState.PENDING
+        # (run_at, seq, self) while queued in its function's SortedList.
+        self.key: tuple[float, int, JobEntry] | None = None
+        # The workers holding the job (more than one only for broadcast funcs).
+        self.assignments: list[Assignment] = []
+        # Lock names this job holds or waits for.
+        self.locks: set[bytes] = set()
+
+    def __repr__(self) -> str:
+        return f"<JobEntry {self.job.func!r}/{self.job.name!r} {self.state.name} at {self.run_at}>"
+
+
+class Assignment:
+    """A job handed to one worker on one grab msgid."""
+
+    __slots__ = ("conn", "confirmed", "deadline", "entry", "key", "msgid", "started")
+
+    def __init__(self, entry: JobEntry, conn: ConnState, msgid: int, started: float) -> None:
+        self.entry = entry
+        self.conn = conn
+        self.msgid = msgid
+        self.started = started
+        self.confirmed = False
+        self.deadline = 0.0
+        self.key: tuple[float, int, Assignment] | None = None
+
+
+@dataclass(eq=False, slots=True)
+class FuncState:
+    name: bytes
+    # Pending jobs ordered by (run_at, seq): FIFO among equal run times.
+    queue: SortedList = field(default_factory=SortedList)
+    workers: list[ConnState] = field(default_factory=list)
+    rr: int = 0
+    broadcast: bool = False
+    # The earliest wake-up already asked for in Scheduler.timers (epoch seconds).
+    timer_at: float = float("inf")
+    njobs: int = 0
+    nrunning: int = 0
+    nlocked: int = 0
+
+
+class ConnState:
+    """What the scheduler knows of one connection.  ``sink`` belongs to the
+    service (it routes effects to the connection's writer); the core never
+    looks at it."""
+
+    __slots__ = (
+        "closed",
+        "conn_id",
+        "funcs",
+        "held",
+        "is_worker",
+        "open",
+        "sink",
+        "slot_set",
+        "slots",
+    )
+
+    def __init__(self, conn_id: int, is_worker: bool, sink: Any = None) -> None:
+        self.conn_id = conn_id
+        self.is_worker = is_worker
+        self.sink = sink
+        self.closed = False
+        self.funcs: set[bytes] = set()
+        # Free grab slots (msgids), used last-in first-out like the reference.
+        self.slots: list[int] = []
+        self.slot_set: set[int] = set()
+        # Assignments pushed on a msgid and not yet confirmed.
+        self.open: dict[int, Assignment] = {}
+        # Every job this connection holds, confirmed or not.
+        self.held: dict[Handle, Assignment] = {}
+
+    def __repr__(self) -> str:
+        return f"<ConnState {self.conn_id} {'worker' if self.is_worker else 'client'}>"
+
+
+@dataclass(eq=False, slots=True)
+class Lock:
+    capacity: int
+    holders: set[Handle] = field(default_factory=set)
+    waiters: list[Handle] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class Waiters:
+    """RUN_JOB result waiters and RECV_DATA subscribers of one handle."""
+
+    results: list[tuple[ConnState, int]] = field(default_factory=list)
+    streams: list[tuple[ConnState, int]] = field(default_factory=list)
+    expires_at: float = 0.0
+    key: tuple[float, int, Handle] | None = None

@@ -1,0 +1,132 @@
+"""The server: one nursery supervising every listener and connection.
+
+``Server.run`` opens the store, restores the scheduler from it, binds every
+listener, reports the bound addresses through ``task_status`` (tests bind
+port 0 and read the real port back) and serves until SHUTDOWN, a signal or
+cancellation.  On the way out it stops accepting, lets connections hand back
+their jobs, closes the store and removes its Unix socket files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
+from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.service import Clock, SchedulerService
+from trio_periodic.server.connection import ServerSideConnection
+from trio_periodic.store.base import Store
+from trio_periodic.transport.listeners import (
+    ListenURL,
+    open_tcp,
+    open_unix,
+    parse_listen_url,
+)
+from trio_periodic.transport.streams import ByteFrameStream, WebSocketFrameStream
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(
+        self,
+        store: Store,
+        hosts: Sequence[str],
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.store = store
+        self.urls = [parse_listen_url(h) for h in hosts]
+        self.max_frame_size = max_frame_size
+        self.core = Scheduler()
+        self.service: SchedulerService
+        #: The addresses actually bound, as URLs (ports filled in), once started.
+        self.bound: list[str] = []
+        self._shutdown = trio.Event()
+        self._unix_paths: list[str] = []
+
+    def new_conn_id(self) -> int:
+        return secrets.randbits(32)
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        state = await self.store.open()
+        try:
+            clock = Clock()
+            self.core.restore(state, clock.now())
+            self.service = SchedulerService(self.core, self.store, clock)
+            log.info("store %s: %d jobs restored", self.store.uri, len(state.jobs))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.service.run)
+                for url in self.urls:
+                    await self._listen(nursery, url)
+                task_status.started(list(self.bound))
+                await self._shutdown.wait()
+                log.info("shutting down")
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for path in self._unix_paths:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                await self.store.aclose()
+
+    async def _listen(self, nursery: trio.Nursery, url: ListenURL) -> None:
+        if url.scheme == "tcp":
+            listeners = await open_tcp(url)
+            for listener in listeners:
+                host, port = listener.socket.getsockname()[:2]
+                self._announce(f"tcp://{_fmt_host(host)}:{port}")
+            nursery.start_soon(partial(trio.serve_listeners, self._serve_socket, listeners))
+        elif url.scheme == "unix":
+            listener = await open_unix(url)
+            self._unix_paths.append(url.path)
+            self._announce(f"unix://{url.path}")
+            nursery.start_soon(partial(trio.serve_listeners, self._serve_socket, [listener]))
+        else:
+            ws_server = await nursery.start(
+                partial(
+                    serve_websocket,
+                    self._serve_websocket,
+                    url.host or None,
+                    url.port,
+                    ssl_context=None,
+                    max_message_size=self.max_frame_size + 16,
+                )
+            )
+            for listener in ws_server.listeners:
+                host, port = listener.socket.getsockname()[:2]
+                self._announce(f"ws://{_fmt_host(host)}:{port}{url.path if url.path != '/' else ''}")
+
+    def _announce(self, url: str) -> None:
+        self.bound.append(url)
+        log.info("listening on %s", url)
+
+    async def _serve_socket(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            peer = "?"
+        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"
+        await ServerSideConnection(self, ByteFrameStream(stream, name)).serve()
+
+    async def _serve_websocket(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        remote = ws.remote
+        name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
+        await ServerSideConnection(self, WebSocketFrameStream(ws, name)).serve()
+
+
+def _fmt_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,173 @@
+"""One task pair per connection: bytes → protocol → scheduler → bytes.
+
+Theory of operation
+-------------------
+The reader receives whatever the socket has, lets the sans-I/O
+``ServerConnection`` decode every complete frame in it, and runs the whole
+batch through the command table in one synchronous pass.  The batch's store
+changes are committed (group commit across connections happens inside the
+store) *before* any of its replies or effects leave, so nothing is
+acknowledged that a crash could lose.  Replies are queued on the
+connection's outbox; the writer task sends everything queued in one write.
+
+GRAB_JOB is special: its slot is armed only after the writer has sent the
+SUCCESS, so a JOB_ASSIGN on that msgid always comes in a later write
+(the reference `periodic-run` loses the reply otherwise).
+
+A malformed frame, an oversized length or a broken transport ends this
+connection only: one log line, its jobs are handed back, the server goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from trio_periodic.protocol.connection import Registered, ServerConnection
+from trio_periodic.protocol.constants import Cmd
+from trio_periodic.protocol.errors import RemoteProtocolError
+from trio_periodic.protocol.frames import encode_raw_frame
+from trio_periodic.scheduler.state import ConnState
+from trio_periodic.server.commands import CLIENT_COMMANDS, COMMANDS, SERVER_ONLY
+from trio_periodic.store.base import StoreError
+from trio_periodic.transport.streams import ConnectionLost, FrameStream
+
+if TYPE_CHECKING:
+    from trio_periodic.server.app import Server
+
+log = logging.getLogger(__name__)
+
+#: A peer that stops reading while we have this much queued for it is cut off.
+MAX_OUTBOX_BYTES = 256 * 1024 * 1024
+
+
+class ServerSideConnection:
+    def __init__(self, server: Server, stream: FrameStream) -> None:
+        self.server = server
+        self.service = server.service
+        self.core = server.service.core
+        self.stream = stream
+        self.proto = ServerConnection(max_frame_size=server.max_frame_size)
+        self._state: ConnState | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._arms: list[int] = []
+        self._batch_arms: list[int] = []
+        self._has_output = trio.Event()
+
+    @property
+    def state(self) -> ConnState:
+        assert self._state is not None, "command before registration"
+        return self._state
+
+    # ------------------------------------------------------------ outbox
+
+    def push_frame(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        self._has_output.set()
+
+    def arm_after_flush(self, msgid: int) -> None:
+        self._batch_arms.append(msgid)
+
+    def request_shutdown(self) -> None:
+        self.server.request_shutdown()
+
+    # ------------------------------------------------------------- life
+
+    async def serve(self) -> None:
+        peer = self.stream.peer
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        except RemoteProtocolError as exc:
+            log.warning("closing %s: protocol error: %s", peer, exc)
+        except ConnectionLost as exc:
+            log.debug("connection %s lost: %s", peer, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._detach()
+                await self.stream.aclose()
+
+    async def _detach(self) -> None:
+        if self._state is None:
+            return
+        self.core.disconnect(self._state, self.service.clock.now())
+        with trio.move_on_after(10):
+            await self.service.settle()
+
+    async def _read_loop(self) -> None:
+        proto = self.proto
+        while True:
+            keepalive = self.core.config["keepalive"]
+            with trio.move_on_after(keepalive if keepalive else math.inf) as idle:
+                data = await self.stream.receive_some()
+            if idle.cancelled_caught:
+                log.info("closing %s: silent for %d s (keepalive)", self.stream.peer, keepalive)
+                return
+            if not data:
+                return
+            proto.receive_data(data)
+            events = proto.next_events()
+            if events:
+                await self._handle(events)
+
+    # ----------------------------------------------------------- batches
+
+    async def _handle(self, events: list[object]) -> None:
+        core = self.core
+        now = self.service.clock.now()
+        replies: list[tuple[int, bytes]] = []
+        for event in events:
+            if isinstance(event, Registered):
+                if self._state is not None:
+                    raise RemoteProtocolError("second registration frame")
+                reg = event.registration
+                self._state = core.connect(reg.is_worker, sink=self)
+                self.push_frame(self.proto.accept(self.server.new_conn_id()))
+                continue
+            msgid, packet = event.msgid, event.packet  # type: ignore[attr-defined]
+            cmd = packet.cmd
+            if not self.state.is_worker and cmd not in CLIENT_COMMANDS:
+                if cmd not in SERVER_ONLY and cmd != Cmd.UNKNOWN:
+                    replies.append((msgid, encode_raw_frame(msgid, Cmd.NO_WORKER)))
+                    continue
+            reply = COMMANDS[type(packet)](self, msgid, packet, now)
+            if reply is not None:
+                replies.append((msgid, reply))
+        effects, changes = self.service.finish_batch()
+        arms, self._batch_arms = self._batch_arms, []
+        if changes:
+            try:
+                await self.service.commit(changes)
+            except StoreError as exc:
+                # Nothing in this batch is acknowledged: the client sees the
+                # rejection and may retry.
+                log.error("store commit failed, rejecting %d requests: %s", len(replies), exc)
+                replies = [(m, encode_raw_frame(m, Cmd.NO_WORKER)) for m, _ in replies]
+                arms = []
+        self.service.deliver(effects)
+        for _, frame in replies:
+            self.push_frame(frame)
+        self._arms.extend(arms)
+        if self._out_bytes > MAX_OUTBOX_BYTES:
+            raise ConnectionLost(f"peer not reading ({self._out_bytes} bytes queued)")
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._has_output.wait()
+            self._has_output = trio.Event()
+            frames, self._out = self._out, []
+            arms, self._arms = self._arms, []
+            self._out_bytes = 0
+            if frames:
+                await self.stream.send(frames)
+            if arms and self._state is not None:
+                for msgid in arms:
+                    self.core.add_slot(self._state, msgid)
+                await self.service.settle()

@@ -1,0 +1,98 @@
+"""The Store interface: where acknowledged changes become durable.
+
+Theory of operation
+-------------------
+The scheduler keeps the live job set in RAM and is the only source of truth
+while the server runs.  A Store is its write-ahead log and its memory across
+restarts: every change the server is about to acknowledge is handed to
+``Store.commit`` and the acknowledgement goes out only after ``commit``
+returned.  Many connections commit at the same time; a store is free to
+merge concurrent calls into one transaction (group commit) as long as each
+call returns only once its own changes are durable and batches are applied in
+the order the calls were made.
+
+At start the server calls ``open`` and gets back every stored job, the set of
+known functions and the persisted configuration.  Jobs that were running when
+the previous process stopped come back as plain pending jobs: running state,
+locks and grab slots are never trusted across a restart.
+
+Changes are small value objects so that a store can translate them into SQL
+(or nothing at all, for the in-memory store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from trio_periodic.protocol.job import Job
+
+
+class StoreError(Exception):
+    """A store could not be opened or could not make a change durable."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutJob:
+    """Insert or replace the job with this (func, name), state pending."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteJob:
+    func: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutFunc:
+    """Remember that a function exists (a worker registered it)."""
+
+    func: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFunc:
+    """Forget a function and delete every job it has."""
+
+    func: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetConfig:
+    key: str
+    value: int
+
+
+Change = PutJob | DeleteJob | PutFunc | DeleteFunc | SetConfig
+
+
+@dataclass(slots=True)
+class StoredState:
+    """What a store hands back when it is opened."""
+
+    jobs: list[Job] = field(default_factory=list)
+    funcs: set[bytes] = field(default_factory=set)
+    config: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    #: A short description for the startup log line, e.g. ``sqlite:/var/lib/p.db``.
+    uri: str
+    #: False for stores whose commit is a no-op; the hot path skips the await.
+    durable: bool
+
+    async def open(self) -> StoredState:
+        """Open (creating if needed) and return what is stored."""
+        ...
+
+    async def commit(self, changes: Sequence[Change]) -> None:
+        """Make ``changes`` durable, in order.  Raises StoreError on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush and close.  Safe to call twice."""
+        ...

@@ -1,0 +1,82 @@
+"""One byte-stream interface over every transport.
+
+The connection handler only ever sees a ``FrameStream``: ``receive_some``
+returns the next bytes (``b""`` at end of stream) and ``send`` writes a batch
+of encoded frames.  Transport errors are mapped here, once, to
+``ConnectionLost`` so that nothing above this layer knows about sockets or
+WebSockets.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+RECEIVE_SIZE = 256 * 1024
+
+
+class ConnectionLost(Exception):
+    """The peer went away or the transport broke."""
+
+
+class FrameStream(Protocol):
+    peer: str
+
+    async def receive_some(self) -> bytes: ...
+
+    async def send(self, frames: list[bytes]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ByteFrameStream:
+    """TCP and Unix sockets: frames are concatenated into one write."""
+
+    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+        self._stream = stream
+        self.peer = peer
+
+    async def receive_some(self) -> bytes:
+        try:
+            return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+
+    async def send(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
+
+
+class WebSocketFrameStream:
+    """WebSocket: one binary message per Periodic frame, in both directions."""
+
+    def __init__(self, ws: WebSocketConnection, peer: str) -> None:
+        self._ws = ws
+        self.peer = peer
+
+    async def receive_some(self) -> bytes:
+        try:
+            message = await self._ws.get_message()
+        except ConnectionClosed:
+            return b""
+        return message.encode("latin-1") if isinstance(message, str) else bytes(message)
+
+    async def send(self, frames: list[bytes]) -> None:
+        try:
+            for frame in frames:
+                await self._ws.send_message(frame)
+        except ConnectionClosed as exc:
+            raise ConnectionLost("websocket closed") from exc
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self._ws.aclose()
