@@ -109,3 +109,7 @@ def periodicd(
 
 def main() -> None:
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

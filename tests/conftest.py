@@ -1,0 +1,105 @@
+"""Shared fixtures: an in-process server on real sockets, and a periodicd subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+import trio
+
+from trio_periodic.server.app import Server
+from trio_periodic.store.memory import MemoryStore
+
+
+@dataclass
+class RunningServer:
+    server: Server
+    tcp: tuple[str, int]
+    unix: str
+
+    @property
+    def tcp_url(self) -> str:
+        return f"tcp://{self.tcp[0]}:{self.tcp[1]}"
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server on the memory store, TCP port 0 and a Unix socket, in this trio run."""
+    sock = str(tmp_path / "p.sock")
+    srv = Server(MemoryStore(), ["tcp://127.0.0.1:0", f"unix://{sock}"])
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(srv.run)
+        port = int(bound[0].rsplit(":", 1)[1])
+        yield RunningServer(srv, ("127.0.0.1", port), sock)
+        nursery.cancel_scope.cancel()
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    log: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_daemon(*args: str, timeout: float = 20) -> DaemonProcess:
+    """Start ``periodicd`` as a subprocess on a free TCP port; wait until it listens."""
+    cmd = [sys.executable, "-m", "trio_periodic.server.daemon", "-H", "tcp://127.0.0.1:0", *args]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log: list[str] = []
+    assert proc.stderr is not None
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            log.append(line)
+            match = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line)
+            if match:
+                # Keep draining stderr so a chatty server never blocks on a full pipe.
+                threading.Thread(target=_drain, args=(proc.stderr, log), daemon=True).start()
+                return DaemonProcess(proc, int(match.group(1)), log)
+    proc.kill()
+    raise RuntimeError("periodicd did not start:\n" + "".join(log))
+
+
+def _drain(stream: IO[str], log: list[str]) -> None:
+    for line in stream:
+        log.append(line)
+
+
+@pytest.fixture
+def daemon() -> Iterator[DaemonProcess]:
+    """periodicd on the memory store in a subprocess (for asyncio clients such as aio-periodic)."""
+    d = start_daemon("-p", ":memory:")
+    try:
+        yield d
+    finally:
+        d.proc.terminate()
+        try:
+            d.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
