@@ -105,9 +105,10 @@ class Server:
                     max_message_size=self.max_frame_size + 16,
                 )
             )
-            for listener in ws_server.listeners:
-                host, port = listener.socket.getsockname()[:2]
-                self._announce(f"ws://{_fmt_host(host)}:{port}{url.path if url.path != '/' else ''}")
+            path = url.path if url.path != "/" else ""
+            for endpoint in ws_server.listeners:
+                if not isinstance(endpoint, str):
+                    self._announce(f"ws://{_fmt_host(str(endpoint.address))}:{endpoint.port}{path}")
 
     def _announce(self, url: str) -> None:
         self.bound.append(url)
