@@ -59,6 +59,8 @@ class DaemonProcess:
 
 def start_daemon(*args: str, timeout: float = 20) -> DaemonProcess:
     """Start ``periodicd`` as a subprocess on a free TCP port; wait until it listens."""
+    if "--http" not in args:
+        args = (*args, "--http", "off")
     cmd = [sys.executable, "-m", "trio_periodic.server.daemon", "-H", "tcp://127.0.0.1:0", *args]
     proc = subprocess.Popen(
         cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,

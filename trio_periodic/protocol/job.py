@@ -152,7 +152,7 @@ def decode_job(buf: bytes | memoryview, pos: int = 0) -> tuple[Job, int]:
     try:
         return decode_job_at(buf, pos)
     except w.SHORT:
-        raise RemoteProtocolError(f"truncated job ({len(buf) - pos} bytes)") from None
+        raise RemoteProtocolError(f"truncated job ({max(0, len(buf) - pos)} bytes)") from None
 
 
 def encode_job_list(jobs: Iterable[Job]) -> bytes:

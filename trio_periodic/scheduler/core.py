@@ -43,6 +43,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
@@ -81,6 +82,15 @@ RETRY_DELAY = 1.0
 _INF = math.inf
 
 
+class StatusRow(NamedTuple):
+    func: bytes
+    workers: int
+    jobs: int
+    processing: int
+    locked: int
+    sched_at: int
+
+
 class Scheduler:
     def __init__(self) -> None:
         self.config: dict[str, int] = dict(DEFAULTS)
@@ -96,6 +106,10 @@ class Scheduler:
         self.changes: list[Change] = []
         self._seq = 0
         self._conn_ids = 0
+        #: Totals since start, for /metrics.
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("submitted", "assigned", "done", "failed", "rescheduled", "expired", "removed"), 0
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -225,6 +239,7 @@ class Scheduler:
         entry = self.jobs.get((job.func, job.name))
         if entry is not None and entry.state is JobState.RUNNING:
             return
+        self.counters["submitted"] += 1
         self._put(job, now)
 
     def _put(self, job: Job, now: float) -> JobEntry:
@@ -340,6 +355,7 @@ class Scheduler:
         job = entry.job
         timeout = self.effective_timeout(job)
         self._set_deadline(assignment, now + timeout)
+        self.counters["assigned"] += 1
         sent = Job(job.func, job.name, job.workload, job.sched_at, job.count, timeout)
         self.effects.append(Assign(conn, msgid, sent))
 
@@ -351,6 +367,7 @@ class Scheduler:
         self._release_sender(conn, (func, name))
         if entry is None:
             return
+        self.counters["done"] += 1
         self._finish(entry, data)
 
     def work_fail(self, conn: ConnState, func: bytes, name: bytes, now: float) -> None:
@@ -370,6 +387,7 @@ class Scheduler:
             return
         job = entry.job
         run_at = now + delay
+        self.counters["rescheduled"] += 1
         job.count += step
         # Whole seconds on the wire and in the store, rounded up so that a job
         # restored after a restart never runs before its time.
@@ -413,6 +431,7 @@ class Scheduler:
 
     def _fail(self, entry: JobEntry, now: float) -> None:
         """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly."""
+        self.counters["failed"] += 1
         self._release_locks(entry)
         handle = (entry.job.func, entry.job.name)
         waiters = self.waiters.get(handle)
@@ -441,6 +460,7 @@ class Scheduler:
     def remove_job(self, func: bytes, name: bytes) -> None:
         entry = self.jobs.get((func, name))
         if entry is not None:
+            self.counters["removed"] += 1
             self._delete(entry)
             self.changes.append(DeleteJob(func, name))
         self._notify(func, name, RESULT_REMOVED)
@@ -571,6 +591,7 @@ class Scheduler:
         """A RUN_JOB / RECV_DATA wait ran out: the job is deleted (``expired``)."""
         entry = self.jobs.get(handle)
         if entry is not None:
+            self.counters["expired"] += 1
             self._delete(entry)
             self.changes.append(DeleteJob(*handle))
         self._notify(handle[0], handle[1], RESULT_EXPIRED)
@@ -653,17 +674,19 @@ class Scheduler:
 
     # ------------------------------------------------------- status & admin
 
-    def status(self, now: float) -> bytes:
-        """STATUS text: ``func,workers,jobs,processing,locked,schedat`` lines."""
-        lines = []
+    def status_rows(self, now: float) -> list[StatusRow]:
+        """Per function, sorted by name: workers, jobs, processing, locked and
+        the earliest pending sched_at (``now`` when nothing is pending)."""
+        rows = []
         for name in sorted(self.funcs):
             fs = self.funcs[name]
             schedat = fs.queue[0][2].job.sched_at if fs.queue else int(now)
-            lines.append(
-                b"%s,%d,%d,%d,%d,%d"
-                % (name, len(fs.workers), fs.njobs, fs.nrunning, fs.nlocked, schedat)
-            )
-        return b"\n".join(lines)
+            rows.append(StatusRow(name, len(fs.workers), fs.njobs, fs.nrunning, fs.nlocked, schedat))
+        return rows
+
+    def status(self, now: float) -> bytes:
+        """STATUS text: ``func,workers,jobs,processing,locked,schedat`` lines."""
+        return b"\n".join(b"%s,%d,%d,%d,%d,%d" % row for row in self.status_rows(now))
 
     def dump(self) -> list[Job]:
         return [entry.job for entry in self.jobs.values()]

@@ -10,6 +10,7 @@ their jobs, closes the store and removes its Unix socket files.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import Clock, SchedulerService
 from trio_periodic.server.connection import ServerSideConnection
+from trio_periodic.server.http import HTTP_PREFIXES, HttpApi
 from trio_periodic.store.base import Store
 from trio_periodic.transport.listeners import (
     ListenURL,
@@ -29,7 +31,7 @@ from trio_periodic.transport.listeners import (
     open_unix,
     parse_listen_url,
 )
-from trio_periodic.transport.streams import ByteFrameStream, WebSocketFrameStream
+from trio_periodic.transport.streams import RECEIVE_SIZE, ByteFrameStream, WebSocketFrameStream
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,13 @@ class Server:
         hosts: Sequence[str],
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        http: str | None = None,
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
         self.max_frame_size = max_frame_size
+        self.http_address = http
+        self.http = HttpApi(self)
         self.core = Scheduler()
         self.service: SchedulerService
         #: The addresses actually bound, as URLs (ports filled in), once started.
@@ -69,6 +74,8 @@ class Server:
                 await nursery.start(self.service.run)
                 for url in self.urls:
                     await self._listen(nursery, url)
+                if self.http_address:
+                    await self._listen_http(nursery, self.http_address)
                 task_status.started(list(self.bound))
                 await self._shutdown.wait()
                 log.info("shutting down")
@@ -110,6 +117,14 @@ class Server:
                 if not isinstance(endpoint, str):
                     self._announce(f"ws://{_fmt_host(str(endpoint.address))}:{endpoint.port}{path}")
 
+    async def _listen_http(self, nursery: trio.Nursery, address: str) -> None:
+        url = parse_listen_url(f"tcp://{address}" if "://" not in address else address)
+        listeners = await open_tcp(ListenURL("tcp", url.host, url.port))
+        for listener in listeners:
+            host, port = listener.socket.getsockname()[:2]
+            self._announce(f"http://{_fmt_host(host)}:{port}")
+        nursery.start_soon(partial(trio.serve_listeners, self.http.serve, listeners))
+
     def _announce(self, url: str) -> None:
         self.bound.append(url)
         log.info("listening on %s", url)
@@ -120,7 +135,20 @@ class Server:
         except OSError:
             peer = "?"
         name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"
-        await ServerSideConnection(self, ByteFrameStream(stream, name)).serve()
+        # The seed served its curl interface on the protocol port: a first
+        # read that starts like an HTTP request goes to the HTTP API.
+        first = b""
+        with trio.move_on_after(self.core.config["keepalive"] or math.inf):
+            try:
+                first = bytes(await stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, OSError):
+                pass
+        if not first:
+            await trio.aclose_forcefully(stream)
+        elif first.startswith(HTTP_PREFIXES):
+            await self.http.serve(stream, first)
+        else:
+            await ServerSideConnection(self, ByteFrameStream(stream, name, initial=first)).serve()
 
     async def _serve_websocket(self, request: WebSocketRequest) -> None:
         ws = await request.accept()

@@ -87,12 +87,23 @@ class ServerSideConnection:
                 nursery.cancel_scope.cancel()
         except RemoteProtocolError as exc:
             log.warning("closing %s: protocol error: %s", peer, exc)
+            await self._flush_before_close()
         except ConnectionLost as exc:
             log.debug("connection %s lost: %s", peer, exc)
         finally:
             with trio.CancelScope(shield=True):
                 await self._detach()
                 await self.stream.aclose()
+
+    async def _flush_before_close(self) -> None:
+        """Send the replies to the good frames that preceded a bad one."""
+        frames, self._out = self._out, []
+        if frames:
+            with trio.move_on_after(1):
+                try:
+                    await self.stream.send(frames)
+                except ConnectionLost:
+                    pass
 
     async def _detach(self) -> None:
         if self._state is None:
@@ -113,9 +124,18 @@ class ServerSideConnection:
             if not data:
                 return
             proto.receive_data(data)
-            events = proto.next_events()
+            # Act on every good frame before a bad one, then close.
+            events: list[object] = []
+            error: RemoteProtocolError | None = None
+            try:
+                while (event := proto.next_event()) is not None:
+                    events.append(event)
+            except RemoteProtocolError as exc:
+                error = exc
             if events:
                 await self._handle(events)
+            if error is not None:
+                raise error
 
     # ----------------------------------------------------------- batches
 

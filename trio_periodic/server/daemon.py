@@ -22,6 +22,7 @@ from trio_periodic.store.base import StoreError
 from trio_periodic.transport.listeners import ListenError
 
 DEFAULT_HOSTS = ("unix:///tmp/periodic.sock", "tcp://127.0.0.1:5000")
+DEFAULT_HTTP = "127.0.0.1:8080"
 
 log = logging.getLogger("trio_periodic")
 
@@ -33,12 +34,15 @@ def default_store_uri() -> str:
 
 
 async def serve(
-    hosts: list[str], path: str, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    hosts: list[str],
+    path: str,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    http: str | None = DEFAULT_HTTP,
 ) -> None:
     from trio_periodic.store.uri import open_store
 
     store = open_store(path)
-    server = Server(store, hosts, max_frame_size=max_frame_size)
+    server = Server(store, hosts, max_frame_size=max_frame_size, http=http)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, server)
         await server.run()
@@ -65,11 +69,16 @@ def run(
     path: str | None,
     log_level: str = "INFO",
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    http: str | None = DEFAULT_HTTP,
 ) -> int:
     """Run the daemon until shutdown; return the process exit status."""
     configure_logging(log_level)
+    if http is not None and http.lower() in ("", "off", "none", "no"):
+        http = None
     try:
-        trio.run(serve, list(hosts or DEFAULT_HOSTS), path or default_store_uri(), max_frame_size)
+        trio.run(
+            serve, list(hosts or DEFAULT_HOSTS), path or default_store_uri(), max_frame_size, http
+        )
     except (StoreError, ListenError) as exc:
         print(f"periodicd: {exc}", file=sys.stderr)
         return 1
@@ -88,6 +97,7 @@ def periodicd(
     path: Annotated[str | None, Parameter(name=["--path", "-p"], env_var="PERIODIC_PATH")] = None,
     log_level: Annotated[str, Parameter(name="--log", env_var="PERIODIC_LOG")] = "INFO",
     max_frame_size: Annotated[int, Parameter(name="--max-frame-size")] = DEFAULT_MAX_FRAME_SIZE,
+    http: Annotated[str, Parameter(name="--http", env_var="PERIODIC_HTTP")] = DEFAULT_HTTP,
 ) -> int:
     """Serve Periodic clients and workers.
 
@@ -103,8 +113,10 @@ def periodicd(
         Log level: DEBUG, INFO, WARNING or ERROR.
     max_frame_size
         Largest frame accepted, in bytes; a longer length field closes that connection.
+    http
+        HTTP API address HOST:PORT (curl interface, /metrics, /dashboard), or "off".
     """
-    return run(host, path, log_level, max_frame_size)
+    return run(host, path, log_level, max_frame_size, http)
 
 
 def main() -> None:

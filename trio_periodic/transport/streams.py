@@ -34,11 +34,15 @@ class FrameStream(Protocol):
 class ByteFrameStream:
     """TCP and Unix sockets: frames are concatenated into one write."""
 
-    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, initial: bytes = b"") -> None:
         self._stream = stream
         self.peer = peer
+        self._initial = initial
 
     async def receive_some(self) -> bytes:
+        if self._initial:
+            data, self._initial = self._initial, b""
+            return data
         try:
             return bytes(await self._stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

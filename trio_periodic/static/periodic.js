@@ -1,0 +1,1 @@
+// placeholder: the WebSocket client module is being written
