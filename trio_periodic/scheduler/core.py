@@ -55,10 +55,13 @@ from trio_periodic.scheduler.state import (
     ConnState,
     FuncState,
     Handle,
+    LOCKED,
+    PENDING,
+    RUNNING,
     JobEntry,
-    JobState,
     Lock,
     Waiters,
+    _NO_LOCKS,
 )
 from trio_periodic.store.base import (
     Change,
@@ -167,7 +170,7 @@ class Scheduler:
                 # at once with no penalty.
                 self._drop_assignment(assignment)
                 entry = assignment.entry
-                if not entry.assignments and entry.state is JobState.RUNNING:
+                if not entry.assignments and entry.state is RUNNING:
                     self._requeue(entry, entry.run_at)
 
     # ----------------------------------------------------------- registration
@@ -229,7 +232,7 @@ class Scheduler:
             return
         entry = assignment.entry
         self._drop_assignment(assignment)
-        if not entry.assignments and entry.state is JobState.RUNNING:
+        if not entry.assignments and entry.state is RUNNING:
             self._requeue(entry, entry.run_at)
 
     # ------------------------------------------------------------- submitting
@@ -237,7 +240,7 @@ class Scheduler:
     def submit(self, job: Job, now: float) -> None:
         """SUBMIT_JOB / LOAD: replace unless running, never create a duplicate."""
         entry = self.jobs.get((job.func, job.name))
-        if entry is not None and entry.state is JobState.RUNNING:
+        if entry is not None and entry.state is RUNNING:
             return
         self.counters["submitted"] += 1
         self._put(job, now)
@@ -330,7 +333,7 @@ class Scheduler:
 
     def _assign(self, entry: JobEntry, fs: FuncState, conn: ConnState, now: float) -> None:
         self._dequeue(entry, fs)
-        entry.state = JobState.RUNNING
+        entry.state = RUNNING
         fs.nrunning += 1
         self._hand_to(entry, conn, now)
 
@@ -339,7 +342,7 @@ class Scheduler:
         if not takers:
             return False
         self._dequeue(entry, fs)
-        entry.state = JobState.RUNNING
+        entry.state = RUNNING
         fs.nrunning += 1
         for conn in takers:
             self._hand_to(entry, conn, now)
@@ -415,7 +418,7 @@ class Scheduler:
         not take the job away from its new worker)."""
         entry = self.jobs.get(handle)
         mine = self._release_sender(conn, handle)
-        if entry is None or entry.state is not JobState.RUNNING:
+        if entry is None or entry.state is not RUNNING:
             return None
         if mine is None and entry.assignments:
             return None
@@ -489,13 +492,13 @@ class Scheduler:
         self._release_locks(entry)
         for assignment in list(entry.assignments):
             self._drop_assignment(assignment)
-        if entry.state is JobState.PENDING:
+        if entry.state is PENDING:
             self._dequeue(entry, fs)
-        elif entry.state is JobState.RUNNING:
+        elif entry.state is RUNNING:
             fs.nrunning -= 1
-        elif entry.state is JobState.LOCKED:
+        elif entry.state is LOCKED:
             fs.nlocked -= 1
-        entry.state = JobState.PENDING
+        entry.state = PENDING
         fs.njobs -= 1
 
     # ---------------------------------------------------------- queue helpers
@@ -503,7 +506,7 @@ class Scheduler:
     def _enqueue(self, entry: JobEntry, fs: FuncState) -> None:
         key = (entry.run_at, self._next_seq(), entry)
         entry.key = key
-        entry.state = JobState.PENDING
+        entry.state = PENDING
         queue = fs.queue
         queue.add(key)
         if queue[0] is key and fs.workers:
@@ -517,9 +520,9 @@ class Scheduler:
     def _requeue(self, entry: JobEntry, run_at: float) -> None:
         """A running or locked job becomes pending again at ``run_at``."""
         fs = self.funcs[entry.job.func]
-        if entry.state is JobState.RUNNING:
+        if entry.state is RUNNING:
             fs.nrunning -= 1
-        elif entry.state is JobState.LOCKED:
+        elif entry.state is LOCKED:
             fs.nlocked -= 1
         else:
             self._dequeue(entry, fs)
@@ -583,7 +586,7 @@ class Scheduler:
         """The holder's time ran out (or it vanished): fail its job."""
         entry = assignment.entry
         self._drop_assignment(assignment)
-        if entry.assignments or entry.state is not JobState.RUNNING:
+        if entry.assignments or entry.state is not RUNNING:
             return
         self._fail(entry, now)
 
@@ -601,7 +604,7 @@ class Scheduler:
     def acquire(self, lock_name: bytes, count: int, func: bytes, name: bytes) -> bool:
         handle = (func, name)
         entry = self.jobs.get(handle)
-        if entry is None or entry.state is not JobState.RUNNING:
+        if entry is None or entry.state is not RUNNING:
             return True
         lock = self.locks.get(lock_name)
         if lock is None:
@@ -611,6 +614,8 @@ class Scheduler:
             return True
         if handle in lock.waiters:
             return False
+        if not entry.locks:
+            entry.locks = set()
         entry.locks.add(lock_name)
         if len(lock.holders) < lock.capacity:
             lock.holders.add(handle)
@@ -623,7 +628,7 @@ class Scheduler:
         fs = self.funcs[func]
         fs.nrunning -= 1
         fs.nlocked += 1
-        entry.state = JobState.LOCKED
+        entry.state = LOCKED
         return False
 
     def release(self, lock_name: bytes, func: bytes, name: bytes, now: float) -> None:
@@ -632,14 +637,14 @@ class Scheduler:
         if lock is None:
             return
         entry = self.jobs.get(handle)
-        if entry is not None:
+        if entry is not None and lock_name in entry.locks:
             entry.locks.discard(lock_name)
         if handle in lock.holders:
             lock.holders.discard(handle)
             self._promote(lock)
         elif handle in lock.waiters:
             lock.waiters.remove(handle)
-            if entry is not None and entry.state is JobState.LOCKED:
+            if entry is not None and entry.state is LOCKED:
                 self._requeue(entry, now)
         if not lock.holders and not lock.waiters:
             del self.locks[lock_name]
@@ -650,7 +655,7 @@ class Scheduler:
         while lock.waiters and len(lock.holders) < lock.capacity:
             handle = lock.waiters.pop(0)
             entry = self.jobs.get(handle)
-            if entry is None or entry.state is not JobState.LOCKED:
+            if entry is None or entry.state is not LOCKED:
                 continue  # gone meanwhile: the place goes to the next one
             lock.holders.add(handle)
             self._requeue(entry, entry.run_at)
@@ -670,7 +675,7 @@ class Scheduler:
                 lock.waiters.remove(handle)
             if not lock.holders and not lock.waiters:
                 del self.locks[lock_name]
-        entry.locks.clear()
+        entry.locks = _NO_LOCKS
 
     # ------------------------------------------------------- status & admin
 

@@ -23,6 +23,15 @@ class JobState(IntEnum):
     LOCKED = 2
 
 
+# Module-level aliases: attribute access on an Enum class is slow on the hot path.
+PENDING = JobState.PENDING
+RUNNING = JobState.RUNNING
+LOCKED = JobState.LOCKED
+
+
+_NO_LOCKS: set[bytes] = set()  # never mutated: entries get their own set on first lock
+
+
 class JobEntry:
     """One stored job.  ``job.sched_at`` is the whole-second value clients see;
     ``run_at`` is the precise time it becomes due (sub-second precision is kept
@@ -33,13 +42,13 @@ class JobEntry:
     def __init__(self, job: Job, run_at: float) -> None:
         self.job = job
         self.run_at = run_at
-        self.state = JobState.PENDING
+        self.state = PENDING
         # (run_at, seq, self) while queued in its function's SortedList.
         self.key: tuple[float, int, JobEntry] | None = None
         # The workers holding the job (more than one only for broadcast funcs).
         self.assignments: list[Assignment] = []
-        # Lock names this job holds or waits for.
-        self.locks: set[bytes] = set()
+        # Lock names this job holds or waits for; shared empty set until used.
+        self.locks: set[bytes] = _NO_LOCKS
 
     def __repr__(self) -> str:
         return f"<JobEntry {self.job.func!r}/{self.job.name!r} {self.state.name} at {self.run_at}>"
