@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,29 +70,30 @@ def start_daemon(*args: str, timeout: float = 20) -> DaemonProcess:
     )
     log: list[str] = []
     assert proc.stderr is not None
-    import select
-    import time
-
+    lines: queue.Queue[str | None] = queue.Queue()
+    # A thread drains stderr for the whole life of the process, so a chatty
+    # server never blocks on a full pipe.
+    threading.Thread(target=_drain, args=(proc.stderr, log, lines), daemon=True).start()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            log.append(line)
-            match = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line)
-            if match:
-                # Keep draining stderr so a chatty server never blocks on a full pipe.
-                threading.Thread(target=_drain, args=(proc.stderr, log), daemon=True).start()
-                return DaemonProcess(proc, int(match.group(1)), log)
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        match = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return DaemonProcess(proc, int(match.group(1)), log)
     proc.kill()
     raise RuntimeError("periodicd did not start:\n" + "".join(log))
 
 
-def _drain(stream: IO[str], log: list[str]) -> None:
+def _drain(stream: IO[str], log: list[str], lines: queue.Queue[str | None]) -> None:
     for line in stream:
         log.append(line)
+        lines.put(line)
+    lines.put(None)
 
 
 @pytest.fixture
