@@ -31,6 +31,6 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Load tests side by side with beanstalkd, gearmand and redis (`-- --quick` for a short run)."""
+    """Load tests beside beanstalkd, gearmand and redis (`-- --quick`: a short run)."""
     session.install("-e", ".[bench]")
     session.run("python", "-m", "bench", *session.posargs)

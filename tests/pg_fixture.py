@@ -8,12 +8,13 @@ in that directory, and stops it with ``pg_ctl stop -m immediate`` at the end.
 
 The binaries are looked for under ``/usr/lib/postgresql/*/bin`` (Debian's
 layout; the newest version wins), then on PATH.  Without them the tests that
-use these fixtures are skipped.  PostgreSQL refuses to run as root, so when
-the tests run as root the cluster runs as the ``postgres`` system user
-(created if missing) through ``runuser``.
+use these fixtures are skipped; they fail instead when
+``$TRIO_PERIODIC_REQUIRE_POSTGRES`` is set (.ci/run sets it).  PostgreSQL
+refuses to run as root, so when the tests run as root the cluster runs as the
+``postgres`` system user (created if missing) through ``runuser``.
 
-Use from a test module with ``from pg_fixture import pg_database_url`` (or
-from ``tests/conftest.py``).  Importing the fixtures into several modules is
+Use from a test module with ``from pg_fixture import pg_database_url,
+postgres_cluster`` (or from ``tests/conftest.py``).  Importing the fixtures into several modules is
 fine: they share one cluster per process.
 """
 
@@ -31,13 +32,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-SKIP_REASON = (
-    "PostgreSQL not installed: install the Debian package postgresql (CI's .ci/run does)"
-)
+SKIP_REASON = "PostgreSQL not installed: install the Debian package postgresql (CI's .ci/run does)"
 _PG_USER = "postgres"
+#: When set (CI does), a missing PostgreSQL fails the tests instead of skipping them.
+REQUIRE_ENV = "TRIO_PERIODIC_REQUIRE_POSTGRES"
 
 
 def find_pg_bin() -> Path | None:
@@ -173,13 +175,23 @@ _cluster: PgCluster | None = None
 _users = 0
 
 
+def _unavailable(reason: str) -> NoReturn:
+    """Skip, unless $TRIO_PERIODIC_REQUIRE_POSTGRES is set (CI sets it): then fail."""
+    if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
+        pytest.fail(f"{reason} (and ${REQUIRE_ENV} is set)", pytrace=False)
+    pytest.skip(reason)
+
+
 def _acquire() -> PgCluster:
     global _cluster, _users
     if _cluster is None:
         bindir = find_pg_bin()
         if bindir is None:
-            pytest.skip(SKIP_REASON)
-        pytest.importorskip("psycopg", reason="psycopg is needed to talk to PostgreSQL")
+            _unavailable(SKIP_REASON)
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            _unavailable("psycopg is not installed: pip install -e '.[test]'")
         cluster = PgCluster(bindir)
         atexit.register(cluster.stop)  # in case the session dies before teardown
         try:

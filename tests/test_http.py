@@ -27,8 +27,9 @@ async def http_server() -> AsyncIterator[tuple[Server, int, int]]:
         nursery.cancel_scope.cancel()
 
 
-async def http(port: int, method: str, path: str, body: bytes = b"",
-               headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+async def http(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """One HTTP/1.1 request with Connection: close; returns (status, body)."""
     hdrs = {"Host": "x", "Connection": "close", "Content-Length": str(len(body)), **(headers or {})}
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
@@ -69,7 +70,9 @@ async def test_seed_curl_interface(http_server: tuple[Server, int, int]) -> None
     assert srv.core.dump() == [] and await http(port, "GET", "/") == (200, b"{}")
 
 
-async def test_drop_refused_while_a_worker_has_the_func(http_server: tuple[Server, int, int]) -> None:
+async def test_drop_refused_while_a_worker_has_the_func(
+    http_server: tuple[Server, int, int],
+) -> None:
     _, tcp_port, port = http_server
     worker = await RawConn.open(("127.0.0.1", tcp_port), ClientType.WORKER)
     await worker.request(1, p.CanDo(b"busy"))
@@ -101,7 +104,9 @@ async def test_bridge_routes_and_run(http_server: tuple[Server, int, int]) -> No
         assign = await worker.recv_for(2)
         assert isinstance(assign.packet, p.JobAssign)
         job = assign.packet.job
-        await worker.send_many([(2, p.JobAssigned()), (3, p.WorkDone(job.func, job.name, job.workload[::-1]))])
+        await worker.send_many(
+            [(2, p.JobAssigned()), (3, p.WorkDone(job.func, job.name, job.workload[::-1]))]
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(work)

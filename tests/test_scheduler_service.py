@@ -52,7 +52,9 @@ async def service() -> AsyncIterator[SchedulerService]:
         nursery.cancel_scope.cancel()
 
 
-def add_worker(svc: SchedulerService, func: bytes, slots: int = 1) -> tuple[ConnState, RecordingOutbox]:
+def add_worker(
+    svc: SchedulerService, func: bytes, slots: int = 1
+) -> tuple[ConnState, RecordingOutbox]:
     outbox = RecordingOutbox()
     conn = svc.core.connect(is_worker=True, sink=outbox)
     svc.core.can_do(conn, func)

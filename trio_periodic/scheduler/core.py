@@ -51,17 +51,17 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
 from trio_periodic.scheduler.state import (
+    _NO_LOCKS,
+    LOCKED,
+    PENDING,
+    RUNNING,
     Assignment,
     ConnState,
     FuncState,
     Handle,
-    LOCKED,
-    PENDING,
-    RUNNING,
     JobEntry,
     Lock,
     Waiters,
-    _NO_LOCKS,
 )
 from trio_periodic.store.base import (
     Change,
@@ -686,7 +686,9 @@ class Scheduler:
         for name in sorted(self.funcs):
             fs = self.funcs[name]
             schedat = fs.queue[0][2].job.sched_at if fs.queue else int(now)
-            rows.append(StatusRow(name, len(fs.workers), fs.njobs, fs.nrunning, fs.nlocked, schedat))
+            rows.append(
+                StatusRow(name, len(fs.workers), fs.njobs, fs.nrunning, fs.nlocked, schedat)
+            )
         return rows
 
     def status(self, now: float) -> bytes:

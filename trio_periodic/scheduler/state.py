@@ -57,7 +57,7 @@ class JobEntry:
 class Assignment:
     """A job handed to one worker on one grab msgid."""
 
-    __slots__ = ("conn", "confirmed", "deadline", "entry", "key", "msgid", "started")
+    __slots__ = ("confirmed", "conn", "deadline", "entry", "key", "msgid", "started")
 
     def __init__(self, entry: JobEntry, conn: ConnState, msgid: int, started: float) -> None:
         self.entry = entry

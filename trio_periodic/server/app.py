@@ -63,7 +63,9 @@ class Server:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         state = await self.store.open()
         try:
             clock = Clock()

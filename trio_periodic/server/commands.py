@@ -125,7 +125,10 @@ def config_get(c: ServerSideConnection, msgid: int, pkt: p.ConfigGet, now: float
 
 
 def config_set(c: ServerSideConnection, msgid: int, pkt: p.ConfigSet, now: float) -> bytes:
-    c.core.config_set(pkt.key.decode("latin-1"), pkt.value)
+    key = pkt.key.decode("latin-1")
+    c.core.config_set(key, pkt.value)
+    if key == "keepalive":
+        c.keepalive_changed()
     return _success(msgid)
 
 
@@ -157,9 +160,7 @@ def job_assigned(c: ServerSideConnection, msgid: int, pkt: p.JobAssigned, now: f
     return None
 
 
-def job_unassigned(
-    c: ServerSideConnection, msgid: int, pkt: p.JobUnassigned, now: float
-) -> None:
+def job_unassigned(c: ServerSideConnection, msgid: int, pkt: p.JobUnassigned, now: float) -> None:
     c.core.job_unassigned(c.state, msgid, now)
     return None
 

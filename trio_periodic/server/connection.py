@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from typing import TYPE_CHECKING
 
 import trio
@@ -43,6 +44,12 @@ log = logging.getLogger(__name__)
 #: A peer that stops reading while we have this much queued for it is cut off.
 MAX_OUTBOX_BYTES = 256 * 1024 * 1024
 
+#: Each server's open connections, so that CONFIG_SET keepalive also moves the
+#: idle deadline of connections that are already waiting (it takes effect at once).
+_LIVE: weakref.WeakKeyDictionary[Server, set[ServerSideConnection]] = (
+    weakref.WeakKeyDictionary()
+)
+
 
 class ServerSideConnection:
     def __init__(self, server: Server, stream: FrameStream) -> None:
@@ -57,6 +64,13 @@ class ServerSideConnection:
         self._arms: list[int] = []
         self._batch_arms: list[int] = []
         self._has_output = trio.Event()
+        #: trio time of the last bytes received, and the scope of the idle wait.
+        self._last_rx = trio.current_time()
+        self._idle: trio.CancelScope | None = None
+        #: Frames queued / sent so far, and an event set after each write.
+        self._pushed = 0
+        self._sent = 0
+        self._sent_event = trio.Event()
 
     @property
     def state(self) -> ConnState:
@@ -66,6 +80,7 @@ class ServerSideConnection:
     # ------------------------------------------------------------ outbox
 
     def push_frame(self, frame: bytes) -> None:
+        self._pushed += 1
         self._out.append(frame)
         self._out_bytes += len(frame)
         self._has_output.set()
@@ -76,34 +91,50 @@ class ServerSideConnection:
     def request_shutdown(self) -> None:
         self.server.request_shutdown()
 
+    def keepalive_changed(self) -> None:
+        """CONFIG_SET keepalive: re-time the idle wait of every open connection."""
+        for conn in _LIVE.get(self.server, ()):
+            conn._set_idle_deadline()
+
+    def _set_idle_deadline(self) -> None:
+        if self._idle is not None:
+            keepalive = self.core.config["keepalive"]
+            self._idle.deadline = self._last_rx + keepalive if keepalive else math.inf
+
     # ------------------------------------------------------------- life
 
     async def serve(self) -> None:
         peer = self.stream.peer
+        live = _LIVE.setdefault(self.server, set())
+        live.add(self)
+        # except*: the nursery wraps even its body's exceptions in an
+        # ExceptionGroup; a plain except would let one bad frame escape and
+        # take the whole server down.
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
-                await self._read_loop()
+                try:
+                    await self._read_loop()
+                except RemoteProtocolError as exc:
+                    log.warning("closing %s: protocol error: %s", peer, exc)
+                    # The writer sends the replies to the good frames that
+                    # preceded the bad one (cancelling it now could drop them).
+                    with trio.move_on_after(1):
+                        await self._flushed()
                 nursery.cancel_scope.cancel()
-        except RemoteProtocolError as exc:
-            log.warning("closing %s: protocol error: %s", peer, exc)
-            await self._flush_before_close()
-        except ConnectionLost as exc:
-            log.debug("connection %s lost: %s", peer, exc)
+        except* ConnectionLost as group:
+            log.debug("connection %s lost: %s", peer, group.exceptions[0])
         finally:
+            live.discard(self)
             with trio.CancelScope(shield=True):
                 await self._detach()
                 await self.stream.aclose()
 
-    async def _flush_before_close(self) -> None:
-        """Send the replies to the good frames that preceded a bad one."""
-        frames, self._out = self._out, []
-        if frames:
-            with trio.move_on_after(1):
-                try:
-                    await self.stream.send(frames)
-                except ConnectionLost:
-                    pass
+    async def _flushed(self) -> None:
+        """Wait until the writer has sent every frame queued so far."""
+        target = self._pushed
+        while self._sent < target:
+            await self._sent_event.wait()
 
     async def _detach(self) -> None:
         if self._state is None:
@@ -115,12 +146,19 @@ class ServerSideConnection:
     async def _read_loop(self) -> None:
         proto = self.proto
         while True:
-            keepalive = self.core.config["keepalive"]
-            with trio.move_on_after(keepalive if keepalive else math.inf) as idle:
+            with trio.CancelScope() as idle:
+                self._idle = idle
+                self._set_idle_deadline()
                 data = await self.stream.receive_some()
+            self._idle = None
             if idle.cancelled_caught:
-                log.info("closing %s: silent for %d s (keepalive)", self.stream.peer, keepalive)
+                log.info(
+                    "closing %s: silent for %d s (keepalive)",
+                    self.stream.peer,
+                    self.core.config["keepalive"],
+                )
                 return
+            self._last_rx = trio.current_time()
             if not data:
                 return
             proto.receive_data(data)
@@ -153,10 +191,15 @@ class ServerSideConnection:
                 continue
             msgid, packet = event.msgid, event.packet  # type: ignore[attr-defined]
             cmd = packet.cmd
-            if not self.state.is_worker and cmd not in CLIENT_COMMANDS:
-                if cmd not in SERVER_ONLY and cmd != Cmd.UNKNOWN:
-                    replies.append((msgid, encode_raw_frame(msgid, Cmd.NO_WORKER)))
-                    continue
+            if (
+                not self.state.is_worker
+                and cmd not in CLIENT_COMMANDS
+                and cmd not in SERVER_ONLY
+                and cmd != Cmd.UNKNOWN
+            ):
+                # A client-role connection sent a worker command (C58).
+                replies.append((msgid, encode_raw_frame(msgid, Cmd.NO_WORKER)))
+                continue
             reply = COMMANDS[type(packet)](self, msgid, packet, now)
             if reply is not None:
                 replies.append((msgid, reply))
@@ -187,6 +230,9 @@ class ServerSideConnection:
             self._out_bytes = 0
             if frames:
                 await self.stream.send(frames)
+                self._sent += len(frames)
+                self._sent_event.set()
+                self._sent_event = trio.Event()
             if arms and self._state is not None:
                 for msgid in arms:
                     self.core.add_slot(self._state, msgid)

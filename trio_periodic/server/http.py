@@ -143,7 +143,7 @@ class HttpApi:
             if event is h11.NEED_DATA:
                 with trio.move_on_after(IDLE_TIMEOUT):
                     data = await stream.receive_some(RECEIVE_SIZE)
-                    conn.receive_data(data)
+                    conn.receive_data(bytes(data))
                     continue
                 return None, b""
             if isinstance(event, h11.Request):
@@ -159,7 +159,9 @@ class HttpApi:
             elif isinstance(event, h11.ConnectionClosed):
                 return None, b""
 
-    async def _send(self, conn: h11.Connection, stream: trio.abc.Stream, response: Response) -> None:
+    async def _send(
+        self, conn: h11.Connection, stream: trio.abc.Stream, response: Response
+    ) -> None:
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
@@ -181,7 +183,8 @@ class HttpApi:
             parts.pop()
         handler = self._static_routes.get((method, path))
         if handler is not None:
-            return await handler(self, query, body)
+            response: Response = await handler(self, query, body)
+            return response
         if parts and parts[0] == b"periodic" and len(parts) >= 2:
             return await self._bridge(method, parts[1:], query, body)
         if len(parts) > 1:
@@ -269,8 +272,14 @@ class HttpApi:
         if method != b"POST":
             raise HttpError(405, "method not allowed")
         if action == b"submit" and len(parts) == 3:
-            job = Job(parts[1], parts[2], body, _int_field(query, b"sched_at"), 0,
-                      _int_field(query, b"timeout"))
+            job = Job(
+                parts[1],
+                parts[2],
+                body,
+                _int_field(query, b"sched_at"),
+                0,
+                _int_field(query, b"timeout"),
+            )
             self._check_names(job)
             self.core.submit(job, self.server.service.clock.now())
             await self._commit()

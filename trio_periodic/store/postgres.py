@@ -55,7 +55,7 @@ from trio_periodic.store.base import (
     StoredState,
     StoreError,
 )
-from trio_periodic.store.sqlite import GroupCommitter, change_runs, split_outcomes
+from trio_periodic.store.sqlite import GroupCommitter, change_runs, gc_paused, split_outcomes
 from trio_periodic.store.uri import is_keyword_form, redact_uri
 
 
@@ -309,7 +309,8 @@ def _worth_splitting(exc: Exception) -> bool:
 def _load(conn: _Conn) -> StoredState:
     with conn.cursor(binary=True) as cur:
         cur.execute(_LOAD_JOBS)
-        jobs = list(starmap(Job, cur.fetchall()))
+        with gc_paused():
+            jobs = list(starmap(Job, cur.fetchall()))
         cur.execute("SELECT func FROM periodic_funcs")
         funcs = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT key, value FROM periodic_configs")

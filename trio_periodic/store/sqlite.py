@@ -44,10 +44,12 @@ SQLite and an SQLite file that is not ours are refused and left untouched.
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain, groupby, starmap
 from typing import Any, Final
 
@@ -77,13 +79,15 @@ _QUEUED: Final = 0  # waiting for a leader to take it
 _LEAD: Final = 1  # promoted: its caller must take the queue and commit it
 _TAKEN: Final = 2  # inside a transaction that is in flight
 _DONE: Final = 3  # outcome known (``error`` is None on success)
+#: Most scheduler ticks a leader waits for more batches before committing.
+_GATHER_TICKS: Final = 2
 
 
 class _Batch:
     __slots__ = ("changes", "error", "event", "state")
 
     def __init__(self, changes: Sequence[Change]) -> None:
-        self.changes = changes
+        self.changes = tuple(changes)  # the caller's list may change while we wait
         self.state: int = _QUEUED
         self.error: BaseException | None = None
         self.event = trio.Event()
@@ -137,6 +141,14 @@ class GroupCommitter:
                 await batch.event.wait()
 
     async def _lead(self) -> None:
+        # Let the tasks that are runnable right now (typically the callers the
+        # previous transaction just woke, committing again) join this batch:
+        # a scheduler tick costs microseconds, a transaction an fsync.  Two
+        # ticks give every task runnable now one full step, even those that
+        # run after us in the next batch.  A lone caller commits at once.
+        if trio.lowlevel.current_statistics().tasks_runnable:
+            for _ in range(_GATHER_TICKS):
+                await trio.lowlevel.cancel_shielded_checkpoint()
         taken = list(self._queue)
         self._queue.clear()
         for batch in taken:
@@ -403,7 +415,26 @@ class SqliteStore:
 
 
 def _load(conn: sqlite3.Connection) -> StoredState:
-    jobs = list(starmap(Job, conn.execute(_LOAD_JOBS)))
+    with gc_paused():
+        jobs = list(starmap(Job, conn.execute(_LOAD_JOBS)))
     funcs = {row[0] for row in conn.execute("SELECT func FROM funcs")}
     config = {key: value for key, value in conn.execute("SELECT key, value FROM configs")}
     return StoredState(jobs=jobs, funcs=funcs, config=config)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many objects at once.
+
+    A million Jobs trigger dozens of collections that find nothing (they hold
+    only bytes and ints): pausing it nearly halves the load time.  The GC is
+    process-wide, which is harmless here: nothing else runs while the server
+    opens its store.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
