@@ -352,3 +352,70 @@ def test_load_is_submit(n: int) -> None:
     core = Scheduler()
     core.load([Job(b"f", b"%d" % i) for i in range(n)], T0)
     assert len(core.dump()) == n
+
+
+# ---------------------------------------------------------------- cluster mode
+
+
+def test_claim_refused_gives_slot_back_and_waits_for_lease() -> None:
+    core = Scheduler()
+    core.shared = True
+    w = worker(core, b"f")
+    core.submit(Job(b"f", b"a"), T0)
+    core.submit(Job(b"f", b"b"), T0)
+    core.dispatch(T0)
+    [a] = assigns(core)
+    core.claim_failed(w.held[(b"f", a.job.name)], T0 + 30)
+    assert core.status(T0) == b"f,1,2,1,0,%d" % int(T0)  # one held elsewhere
+    core.dispatch(T0)
+    [b] = assigns(core)
+    assert b.job.name != a.job.name and b.msgid == 1  # the slot came back
+    core.tick(T0 + 29.9)
+    assert core.jobs[(b"f", a.job.name)].state is JobState.ELSEWHERE
+    core.tick(T0 + 30)  # the other server's lease ran out: ours to try again
+    assert core.jobs[(b"f", a.job.name)].state is JobState.PENDING
+
+
+def test_claim_refused_for_a_vanished_job_deletes_it() -> None:
+    core = Scheduler()
+    core.shared = True
+    w = worker(core, b"f")
+    core.submit(Job(b"f", b"a"), T0)
+    core.dispatch(T0)
+    assigns(core)
+    core.claim_failed(w.held[(b"f", b"a")], None)
+    assert core.dump() == [] and w.slots == [1]
+
+
+def test_remote_changes_are_mirrored_without_writing_back() -> None:
+    from trio_periodic.store.base import RemoteConfig, RemoteDelete, RemoteDropFunc, RemoteJob
+
+    core = Scheduler()
+    core.shared = True
+    core.remote_apply([RemoteJob(Job(b"f", b"a", b"x"), None)], T0)
+    core.remote_apply([RemoteJob(Job(b"f", b"b"), T0 + 10)], T0)
+    core.remote_apply([RemoteConfig("timeout", 42), RemoteConfig("bogus", 1)], T0)
+    assert core.take_changes() == []
+    assert core.status(T0) == b"f,0,2,1,0,%d" % int(T0)
+    assert core.config_get("timeout") == 42
+    core.remote_apply([RemoteDelete(b"f", b"a")], T0)
+    assert [j.name for j in core.dump()] == [b"b"]
+    core.remote_apply([RemoteDropFunc(b"f")], T0)
+    assert core.dump() == [] and core.status(T0) == b""
+
+
+def test_shared_mode_writes_hand_backs_and_lease_extensions() -> None:
+    from trio_periodic.store.base import ExtendLease
+
+    core = Scheduler()
+    core.shared = True
+    w = worker(core, b"f")
+    core.submit(Job(b"f", b"a", timeout=5), T0)
+    core.dispatch(T0)
+    assigns(core)
+    core.take_changes()
+    core.job_assigned(w, 1, T0 + 1)
+    assert core.take_changes() == [ExtendLease(b"f", b"a", T0 + 1 + 5 + 5)]
+    core.work_fail(w, b"f", b"a", T0 + 2)
+    [change] = core.take_changes()
+    assert isinstance(change, PutJob) and change.job.name == b"a"  # released for everyone

@@ -52,6 +52,7 @@ from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
 from trio_periodic.scheduler.state import (
     _NO_LOCKS,
+    ELSEWHERE,
     LOCKED,
     PENDING,
     RUNNING,
@@ -67,6 +68,12 @@ from trio_periodic.store.base import (
     Change,
     DeleteFunc,
     DeleteJob,
+    ExtendLease,
+    RemoteChange,
+    RemoteConfig,
+    RemoteDelete,
+    RemoteDropFunc,
+    RemoteJob,
     PutFunc,
     PutJob,
     SetConfig,
@@ -81,6 +88,9 @@ STREAM_EOF = b"EOF"
 DEFAULT_WAIT = 60
 #: Delay before a failed job runs again (seconds).
 RETRY_DELAY = 1.0
+#: How much longer than the job's timeout a cluster lease lasts (seconds), so
+#: that the holder's own timeout always fires before another server steps in.
+LEASE_GRACE = 5.0
 
 _INF = math.inf
 
@@ -107,6 +117,10 @@ class Scheduler:
         self.candidates: set[bytes] = set()
         self.effects: list[Effect] = []
         self.changes: list[Change] = []
+        #: True when the store is shared with other servers (cluster mode).
+        self.shared = False
+        #: Jobs held by other servers, by lease expiry: (lease_until, seq, JobEntry).
+        self.leases: SortedList = SortedList()
         self._seq = 0
         self._conn_ids = 0
         #: Totals since start, for /metrics.
@@ -146,6 +160,10 @@ class Scheduler:
             self._func(func)
         for job in state.jobs:
             self._put(job, now)
+        for handle, lease_until in state.leases.items():
+            entry = self.jobs.get(handle)
+            if entry is not None and lease_until > now:
+                self._hold_elsewhere(entry, lease_until)
         self.changes.clear()
 
     # ------------------------------------------------------------ connections
@@ -223,7 +241,11 @@ class Scheduler:
         if assignment is None:
             return
         assignment.confirmed = True
-        self._set_deadline(assignment, now + self.effective_timeout(assignment.entry.job))
+        deadline = now + self.effective_timeout(assignment.entry.job)
+        self._set_deadline(assignment, deadline)
+        if self.shared:
+            job = assignment.entry.job
+            self.changes.append(ExtendLease(job.func, job.name, deadline + LEASE_GRACE))
 
     def job_unassigned(self, conn: ConnState, msgid: int, now: float) -> None:
         """JOB_UNASSIGNED: the worker declines; the job goes back unchanged."""
@@ -395,7 +417,7 @@ class Scheduler:
         # Whole seconds on the wire and in the store, rounded up so that a job
         # restored after a restart never runs before its time.
         job.sched_at = math.ceil(run_at)
-        self._requeue(entry, run_at)
+        self._requeue(entry, run_at, release=False)
         self.changes.append(PutJob(job))
 
     def work_data(self, func: bytes, name: bytes, data: bytes) -> None:
@@ -492,14 +514,24 @@ class Scheduler:
         self._release_locks(entry)
         for assignment in list(entry.assignments):
             self._drop_assignment(assignment)
-        if entry.state is PENDING:
-            self._dequeue(entry, fs)
-        elif entry.state is RUNNING:
-            fs.nrunning -= 1
-        elif entry.state is LOCKED:
-            fs.nlocked -= 1
+        self._leave_state(entry, fs)
         entry.state = PENDING
         fs.njobs -= 1
+
+    def _leave_state(self, entry: JobEntry, fs: FuncState) -> None:
+        """Undo the bookkeeping of the job's current state (before a new one)."""
+        state = entry.state
+        if state is PENDING:
+            self._dequeue(entry, fs)
+        elif state is RUNNING:
+            fs.nrunning -= 1
+        elif state is LOCKED:
+            fs.nlocked -= 1
+        else:  # ELSEWHERE
+            fs.nrunning -= 1
+            if entry.lease is not None:
+                self.leases.remove(entry.lease)
+                entry.lease = None
 
     # ---------------------------------------------------------- queue helpers
 
@@ -517,17 +549,17 @@ class Scheduler:
             fs.queue.remove(entry.key)
             entry.key = None
 
-    def _requeue(self, entry: JobEntry, run_at: float) -> None:
-        """A running or locked job becomes pending again at ``run_at``."""
+    def _requeue(self, entry: JobEntry, run_at: float, release: bool = True) -> None:
+        """The job becomes pending again at ``run_at``.
+
+        With a shared store, handing a job back (``release``) is written to
+        the store so that other servers see it pending and our claim ends."""
         fs = self.funcs[entry.job.func]
-        if entry.state is RUNNING:
-            fs.nrunning -= 1
-        elif entry.state is LOCKED:
-            fs.nlocked -= 1
-        else:
-            self._dequeue(entry, fs)
+        self._leave_state(entry, fs)
         entry.run_at = run_at
         self._enqueue(entry, fs)
+        if release and self.shared:
+            self.changes.append(PutJob(entry.job))
 
     def _set_deadline(self, assignment: Assignment, deadline: float) -> None:
         if assignment.key is not None:
@@ -561,6 +593,10 @@ class Scheduler:
         expiry = self.waiter_expiry
         while expiry and expiry[0][0] <= now:
             self._expire_waiters(expiry[0][2])
+        leases = self.leases
+        while leases and leases[0][0] <= now:
+            # The other server did not finish or renew in time: offer it here.
+            self._requeue(leases[0][2], now, release=False)
         timers = self.timers
         while timers and timers[0][0] <= now:
             at, func = heapq.heappop(timers)
@@ -580,6 +616,8 @@ class Scheduler:
             t = self.waiter_expiry[0][0]
         if self.timers and self.timers[0][0] < t:
             t = self.timers[0][0]
+        if self.leases and self.leases[0][0] < t:
+            t = self.leases[0][0]
         return t
 
     def _expire_assignment(self, assignment: Assignment, now: float) -> None:
@@ -598,6 +636,66 @@ class Scheduler:
             self._delete(entry)
             self.changes.append(DeleteJob(*handle))
         self._notify(handle[0], handle[1], RESULT_EXPIRED)
+
+    # -------------------------------------------------------------- cluster
+
+    def _hold_elsewhere(self, entry: JobEntry, lease_until: float) -> None:
+        """Another server holds the job until ``lease_until``."""
+        fs = self.funcs[entry.job.func]
+        for assignment in list(entry.assignments):
+            self._drop_assignment(assignment)
+        self._leave_state(entry, fs)
+        entry.state = ELSEWHERE
+        fs.nrunning += 1
+        entry.lease = (lease_until, self._next_seq(), entry)
+        self.leases.add(entry.lease)
+
+    def claim_failed(self, assignment: Assignment, lease_until: float | None) -> None:
+        """The store refused our claim: another server holds the job (until
+        ``lease_until``) or it is gone (None).  The worker never saw the job;
+        its slot is free again."""
+        entry = assignment.entry
+        conn = assignment.conn
+        self._drop_assignment(assignment)
+        self.add_slot(conn, assignment.msgid)
+        if entry.assignments or self.jobs.get((entry.job.func, entry.job.name)) is not entry:
+            return
+        if lease_until is None:
+            self._delete(entry)
+            self._notify(entry.job.func, entry.job.name, RESULT_REMOVED)
+        else:
+            self._hold_elsewhere(entry, lease_until)
+
+    def remote_apply(self, changes: Iterable[RemoteChange], now: float) -> None:
+        """Mirror what other servers sharing the store did."""
+        for change in changes:
+            if isinstance(change, RemoteJob):
+                job = change.job
+                entry = self.jobs.get((job.func, job.name))
+                if entry is not None and entry.state is RUNNING:
+                    continue  # we hold it; our claim stands until we report
+                entry = self._put(job, now)
+                self.changes.pop()  # already in the store
+                if change.lease_until is not None and change.lease_until > now:
+                    self._hold_elsewhere(entry, change.lease_until)
+            elif isinstance(change, RemoteDelete):
+                entry = self.jobs.get((change.func, change.name))
+                if entry is not None:
+                    self._delete(entry)
+                # fix over the reference: a waiter here learns the job ended
+                # elsewhere instead of waiting until it expires.
+                self._notify(change.func, change.name, RESULT_REMOVED)
+            elif isinstance(change, RemoteDropFunc):
+                for handle, entry in list(self.jobs.items()):
+                    if handle[0] == change.func:
+                        self._delete(entry)
+                        self._notify(handle[0], handle[1], RESULT_REMOVED)
+                fs = self.funcs.get(change.func)
+                if fs is not None and not fs.workers:
+                    del self.funcs[change.func]
+            elif isinstance(change, RemoteConfig):
+                if change.key in self.config:
+                    self.config[change.key] = change.value
 
     # ---------------------------------------------------------------- locks
 

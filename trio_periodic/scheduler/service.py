@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -34,9 +35,9 @@ import trio
 from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
 from trio_periodic.protocol.packets import JobAssign
-from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
-from trio_periodic.store.base import Change, Store
+from trio_periodic.store.base import Change, RemoteChange, Store
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class SchedulerService:
         self.core = core
         self.store = store
         self.clock = clock
+        self.shared = bool(getattr(store, "shared", False))
+        core.shared = self.shared
         self._wake = trio.Event()
         self._sleeping_until = math.inf
 
@@ -81,6 +84,48 @@ class SchedulerService:
         """Make changes durable (a no-op for the memory store)."""
         if changes and self.store.durable:
             await self.store.commit(changes)
+
+    async def publish(self, effects: list[Effect]) -> None:
+        """Deliver a batch's effects, claiming its assignments first when the
+        store is shared with other servers."""
+        if self.shared:
+            effects = await self._claim(effects)
+        self.deliver(effects)
+
+    async def _claim(self, effects: list[Effect]) -> list[Effect]:
+        """Cluster mode: only assignments whose claim the store accepted go out.
+
+        A refused claim gives the slot back; the core may then assign another
+        job to it, which needs a claim of its own, hence the loop."""
+        out: list[Effect] = []
+        for _ in range(8):
+            assigns = [e for e in effects if isinstance(e, Assign)]
+            out += [e for e in effects if not isinstance(e, Assign)]
+            if not assigns:
+                return out
+            now = self.clock.now()
+            claims = {(a.job.func, a.job.name): now + a.job.timeout + LEASE_GRACE for a in assigns}
+            refused = await self.store.claim([(f, n, t) for (f, n), t in claims.items()])  # type: ignore[attr-defined]
+            for a in assigns:
+                handle = (a.job.func, a.job.name)
+                if handle in refused:
+                    held = a.conn.held.get(handle)
+                    if held is not None and held.msgid == a.msgid:
+                        self.core.claim_failed(held, refused[handle])
+                else:
+                    out.append(a)
+            if not refused:
+                return out
+            self.core.dispatch(self.clock.now())
+            effects = self.core.take_effects()
+        # Still refused after several rounds: let the wake-up loop retry.
+        self.poke()
+        return out + effects
+
+    def remote_changes(self, changes: list[RemoteChange]) -> None:
+        """Called (on the trio thread) with what other servers changed."""
+        self.core.remote_apply(changes, self.clock.now())
+        self._wake.set()
 
     def deliver(self, effects: list[Effect]) -> None:
         """Encode effects as frames into their connections' outboxes."""
@@ -101,7 +146,7 @@ class SchedulerService:
                 await self.commit(changes)
             except Exception:
                 log.exception("store commit failed for background changes")
-        self.deliver(effects)
+        await self.publish(effects)
 
     # ------------------------------------------------------------ wake-ups
 
@@ -111,7 +156,13 @@ class SchedulerService:
             self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            if self.shared:
+                await nursery.start(partial(self.store.watch, self.remote_changes))  # type: ignore[attr-defined]
+            task_status.started()
+            await self._wake_loop()
+
+    async def _wake_loop(self) -> None:
         core = self.core
         while True:
             core.tick(self.clock.now())
@@ -132,4 +183,4 @@ class SchedulerService:
                 await self.commit(changes)
             except Exception:
                 log.exception("store commit failed for expired jobs")
-        self.deliver(effects)
+        await self.publish(effects)

@@ -21,12 +21,15 @@ class JobState(IntEnum):
     PENDING = 0
     RUNNING = 1
     LOCKED = 2
+    #: Claimed by another server sharing the store (PostgreSQL cluster mode).
+    ELSEWHERE = 3
 
 
 # Module-level aliases: attribute access on an Enum class is slow on the hot path.
 PENDING = JobState.PENDING
 RUNNING = JobState.RUNNING
 LOCKED = JobState.LOCKED
+ELSEWHERE = JobState.ELSEWHERE
 
 
 _NO_LOCKS: set[bytes] = set()  # never mutated: entries get their own set on first lock
@@ -37,7 +40,7 @@ class JobEntry:
     ``run_at`` is the precise time it becomes due (sub-second precision is kept
     inside so that a delay of 1 s means 1 s)."""
 
-    __slots__ = ("assignments", "job", "key", "locks", "run_at", "state")
+    __slots__ = ("assignments", "job", "key", "lease", "locks", "run_at", "state")
 
     def __init__(self, job: Job, run_at: float) -> None:
         self.job = job
@@ -45,6 +48,8 @@ class JobEntry:
         self.state = PENDING
         # (run_at, seq, self) while queued in its function's SortedList.
         self.key: tuple[float, int, JobEntry] | None = None
+        # (lease_until, seq, self) while another server holds the job.
+        self.lease: tuple[float, int, JobEntry] | None = None
         # The workers holding the job (more than one only for broadcast funcs).
         self.assignments: list[Assignment] = []
         # Lock names this job holds or waits for; shared empty set until used.

@@ -214,7 +214,7 @@ class ServerSideConnection:
                 log.error("store commit failed, rejecting %d requests: %s", len(replies), exc)
                 replies = [(m, encode_raw_frame(m, Cmd.NO_WORKER)) for m, _ in replies]
                 arms = []
-        self.service.deliver(effects)
+        await self.service.publish(effects)
         for _, frame in replies:
             self.push_frame(frame)
         self._arms.extend(arms)

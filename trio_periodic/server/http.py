@@ -258,7 +258,7 @@ class HttpApi:
         service = self.server.service
         effects, changes = service.finish_batch()
         await service.commit(changes)
-        service.deliver(effects)
+        await service.publish(effects)
 
     # --------------------------------------------------- periodic-http-bridge
 

@@ -66,7 +66,48 @@ class SetConfig:
     value: int
 
 
-Change = PutJob | DeleteJob | PutFunc | DeleteFunc | SetConfig
+@dataclass(frozen=True, slots=True)
+class ExtendLease:
+    """Cluster mode: this server still holds the job until ``until`` (epoch s).
+    Stores that are not shared ignore it."""
+
+    func: bytes
+    name: bytes
+    until: float
+
+
+Change = PutJob | DeleteJob | PutFunc | DeleteFunc | SetConfig | ExtendLease
+
+
+# What other servers sharing the store changed (cluster mode), as seen now.
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteJob:
+    """The job's row as it is now; ``lease_until`` is set while another server holds it."""
+
+    job: Job
+    lease_until: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDelete:
+    func: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDropFunc:
+    func: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    key: str
+    value: int
+
+
+RemoteChange = RemoteJob | RemoteDelete | RemoteDropFunc | RemoteConfig
 
 
 @dataclass(slots=True)
@@ -76,6 +117,8 @@ class StoredState:
     jobs: list[Job] = field(default_factory=list)
     funcs: set[bytes] = field(default_factory=set)
     config: dict[str, int] = field(default_factory=dict)
+    #: Cluster mode: jobs another server holds, handle → lease_until (epoch s).
+    leases: dict[tuple[bytes, bytes], float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -84,6 +127,9 @@ class Store(Protocol):
     uri: str
     #: False for stores whose commit is a no-op; the hot path skips the await.
     durable: bool
+    #: True when several servers share the store (PostgreSQL): jobs must be
+    #: claimed before they are handed out (see PostgresStore.claim / watch).
+    shared: bool
 
     async def open(self) -> StoredState:
         """Open (creating if needed) and return what is stored."""

@@ -10,6 +10,7 @@ from trio_periodic.store.base import Change, StoredState
 class MemoryStore:
     uri = ":memory:"
     durable = False
+    shared = False
 
     async def open(self) -> StoredState:
         return StoredState()
