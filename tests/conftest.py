@@ -65,7 +65,10 @@ def start_daemon(*args: str, timeout: float = 20) -> DaemonProcess:
         args = (*args, "--http", "off")
     cmd = [sys.executable, "-m", "trio_periodic.server.daemon", "-H", "tcp://127.0.0.1:0", *args]
     proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        cmd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     log: list[str] = []

@@ -133,8 +133,12 @@ def test_python_client_to_js_worker(ws_daemon: tuple[DaemonProcess, str]) -> Non
         assert trio.run(main) == b"js:\x00\xff"
         jobs = [json.loads(_read_line(proc)) for _ in range(2)]
         assert jobs[0] == {
-            "func": "py-echo", "name": "run-1", "workload": "00 ff",
-            "schedAt": jobs[0]["schedAt"], "count": 0, "timeout": 5,
+            "func": "py-echo",
+            "name": "run-1",
+            "workload": "00 ff",
+            "schedAt": jobs[0]["schedAt"],
+            "count": 0,
+            "timeout": 5,
         }
         assert jobs[1]["name"] == "sub-1" and jobs[1]["workload"] == "78"
         assert jobs[1]["count"] == 3 and jobs[1]["timeout"] == 600  # server default filled in

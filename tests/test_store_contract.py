@@ -23,6 +23,7 @@ from trio_periodic.store.base import (
     Change,
     DeleteFunc,
     DeleteJob,
+    ExtendLease,
     PutFunc,
     PutJob,
     SetConfig,
@@ -138,6 +139,7 @@ async def test_open_empty_and_close_twice(backend: Backend) -> None:
         assert state.jobs == [] and state.funcs == set() and state.config == {}
         assert isinstance(store, Store)
         assert isinstance(store.uri, str) and store.uri
+        assert store.shared is (backend.name == "postgres")
         await store.commit([])
         await store.aclose()
         await store.aclose()
@@ -299,6 +301,23 @@ async def test_binary_names_round_trip(backend: Backend) -> None:
     want_jobs = [j for j in jobs if j.func != b"\x00" and (j.func, j.name) != (b"f\x00", b"a\x00b")]
     want = StoredState(jobs=want_jobs, funcs=set(funcs) - {b"\x00"})
     assert same(state, expected(store, want))
+
+
+async def test_extend_lease_is_accepted_and_changes_no_job(backend: Backend) -> None:
+    """Stores that are not shared ignore ExtendLease; a shared one moves only a claim
+    (none here), so every store gives the jobs back unchanged."""
+    job = Job(b"f", b"n", b"w", sched_at=5)
+    with trio.fail_after(TIMEOUT):
+        store = await commit_all(
+            backend,
+            [ExtendLease(b"f", b"n", 1e10)],  # alone in a call, before the job exists
+            [PutJob(job), ExtendLease(b"f", b"n", 1e10), PutFunc(b"f")],
+            [ExtendLease(b"f", b"gone", 0.0), SetConfig("timeout", 3)],
+        )
+        state = await reopen(backend)
+    want = StoredState(jobs=[job], funcs={b"f"}, config={"timeout": 3})
+    assert same(state, expected(store, want))
+    assert state.leases == {}
 
 
 async def test_commit_after_close_fails_for_durable_stores(backend: Backend) -> None:

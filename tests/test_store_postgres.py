@@ -1,19 +1,38 @@
-"""PostgreSQL store specifics: connection errors, retries, schema.  Skipped without PostgreSQL."""
+"""PostgreSQL store specifics: connection errors, retries, schema, and cluster mode
+(claims, leases, notifications).  Skipped without PostgreSQL."""
 
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 from pg_fixture import pg_database_url, postgres_cluster  # noqa: F401  (fixtures)
 
 from trio_periodic.protocol.job import Job
-from trio_periodic.store.base import Change, PutJob, StoreError
+from trio_periodic.store.base import (
+    Change,
+    DeleteFunc,
+    DeleteJob,
+    ExtendLease,
+    PutFunc,
+    PutJob,
+    RemoteChange,
+    RemoteConfig,
+    RemoteDelete,
+    RemoteDropFunc,
+    RemoteJob,
+    SetConfig,
+    StoreError,
+)
 
 pytest.importorskip("psycopg")
 import psycopg
 
+from trio_periodic.store.pg_notify import MAX_PAYLOAD, change_lines, parse, payloads
 from trio_periodic.store.postgres import (
     SCHEMA_VERSION,
     PostgresStore,
@@ -235,3 +254,354 @@ async def test_database_gone_for_good_fails_then_recovers(url: str) -> None:
                 await trio.sleep(0.2)
         await store.aclose()
         assert await _names(url) == {b"back"}
+
+
+# -- cluster mode: claims, leases, notifications ---------------------------------------
+
+LEASE = 60.0  # seconds: "live" in these tests
+
+
+def _claim_row(url: str, func: bytes, name: bytes) -> tuple[object, ...] | None:
+    with psycopg.connect(url) as conn:
+        row: tuple[object, ...] | None = conn.execute(
+            "SELECT claimed_by, lease_until, workload FROM periodic_jobs"
+            " WHERE func = %s AND name = %s",
+            (func, name),
+        ).fetchone()
+        return row
+
+
+def _lease(url: str, func: bytes, name: bytes) -> tuple[object, ...]:
+    """(claimed_by, lease_until) of a row that exists."""
+    row = _claim_row(url, func, name)
+    assert row is not None
+    return row[:2]
+
+
+@asynccontextmanager
+async def _stores(url: str, n: int = 2) -> AsyncIterator[list[PostgresStore]]:
+    stores = [PostgresStore(url) for _ in range(n)]
+    try:
+        for store in stores:
+            await store.open()
+        yield stores
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+class _Seen:
+    """A watch callback that remembers everything it was given."""
+
+    def __init__(self) -> None:
+        self.changes: list[RemoteChange] = []
+        self.calls = 0
+
+    def __call__(self, changes: list[RemoteChange]) -> None:
+        assert changes  # never called with nothing
+        self.calls += 1
+        self.changes += changes
+
+    async def wait_for(self, *wanted: RemoteChange, timeout: float = 1.0) -> None:
+        """Until every ``wanted`` change arrived (seconds: the latency budget)."""
+        with trio.fail_after(timeout):
+            while not all(w in self.changes for w in wanted):
+                await trio.sleep(0.002)
+
+
+def test_payloads_stay_under_the_limit_and_parse_back() -> None:
+    jobs = [Job(bytes([i]) * 200, b"n\x00%d" % i) for i in range(100)]
+    changes: list[Change] = [PutJob(j) for j in jobs]
+    changes += [DeleteJob(b"f", b""), DeleteFunc(b""), SetConfig("timeout", 5), PutFunc(b"x")]
+    changes += [ExtendLease(b"f", b"n", 1.0), PutJob(jobs[0])]  # a repeat is sent once
+    lines = change_lines("me", changes)
+    assert len(lines) == 103
+    texts = payloads(lines)
+    assert len(texts) > 1 and all(len(t.encode()) <= MAX_PAYLOAD for t in texts)
+    assert "\n".join(texts).split("\n") == lines
+    assert parse(texts, "me") == []  # our own lines are ignored
+    keys = parse(texts, "other")
+    assert keys[0] == ("j", jobs[0].func, jobs[0].name)
+    assert keys[-3:] == [("j", b"f", b""), ("f", b""), ("c", "timeout")]
+    # Each key at its last occurrence: a drop then a re-put keeps that order.
+    assert parse(["a j 66 6e\na f 66\na j 66 6e\nb j 66 6e\ngarbage\na j zz 00"], "b") == [
+        ("f", b"f"),
+        ("j", b"f", b"n"),
+    ]
+
+
+_Refused = dict[tuple[bytes, bytes], float | None]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("shape", ["whole", "chunks", "overlap"])
+async def test_claim_race_each_job_claimed_exactly_once(url: str, shape: str) -> None:
+    """Two servers claim the same 200 jobs at the same time: every job goes to
+    exactly one, the loser learns the winner's lease, and nobody deadlocks.
+
+    whole: one claim of all 200 each (b lists them backwards); chunks: claims of
+    10 from opposite ends, so the two meet in the middle; overlap: a wants
+    0..149 and b 50..199."""
+    names = [b"%03d" % i for i in range(200)]
+    handles = [(b"f", n) for n in names]
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            await a.commit([PutJob(Job(b"f", n)) for n in names])
+            now = time.time()
+            until = {a: now + 100, b: now + 200}
+            order = {a: handles, b: handles[::-1]}
+            if shape == "overlap":
+                order = {a: handles[:150], b: handles[::-1][:150]}
+            size = 10 if shape == "chunks" else 200
+            refused: dict[PostgresStore, _Refused] = {a: {}, b: {}}
+
+            async def claim_all(store: PostgresStore) -> None:
+                mine = [(f, n, until[store]) for f, n in order[store]]
+                for i in range(0, len(mine), size):
+                    refused[store].update(await store.claim(mine[i : i + size]))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(claim_all, a)
+                nursery.start_soon(claim_all, b)
+            won = {s: set(order[s]) - refused[s].keys() for s in (a, b)}
+            assert not won[a] & won[b]
+            assert won[a] | won[b] == set(handles)
+            for store, other in ((a, b), (b, a)):
+                assert refused[store].keys() <= won[other]
+                assert set(refused[store].values()) <= {until[other]}
+                for handle in won[store]:
+                    row = _claim_row(url, *handle)
+                    assert row is not None and row[:2] == (store.server_id, until[store])
+    print(f"\n{shape}: a won {len(won[a])}, b won {len(won[b])}")
+    if shape == "chunks":
+        assert won[a] and won[b]  # they did meet
+
+
+@pytest.mark.postgres
+async def test_claim_blocked_on_a_locked_row_then_sees_the_winner(url: str) -> None:
+    """Both claims run into a row lock held by a third session, so they overlap for
+    sure; the one that locks the rows first wins them all."""
+    names = [b"%03d" % i for i in range(200)]
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            await a.commit([PutJob(Job(b"f", n)) for n in names])
+            until = time.time() + LEASE
+            results: list[dict[tuple[bytes, bytes], float | None]] = []
+            with psycopg.connect(url) as blocker:
+                blocker.execute(
+                    "SELECT 1 FROM periodic_jobs WHERE name = '\\x313030'::bytea FOR UPDATE"
+                )  # row b"100", in the middle
+                async with trio.open_nursery() as nursery:
+                    for store in (a, b):
+                        nursery.start_soon(_claim_into, results, store, names, until)
+                    await trio.sleep(0.3)  # both are now waiting on the lock
+                    assert results == []
+                    blocker.rollback()
+            assert sorted(len(r) for r in results) == [0, 200]
+            loser = next(r for r in results if r)
+            assert set(loser.values()) == {until}
+
+
+async def _claim_into(
+    out: list[dict[tuple[bytes, bytes], float | None]],
+    store: PostgresStore,
+    names: list[bytes],
+    until: float,
+) -> None:
+    out.append(await store.claim([(b"f", n, until) for n in names]))
+
+
+@pytest.mark.postgres
+async def test_claim_takes_expired_leases_and_reports_missing_rows(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            await a.commit([PutJob(Job(b"f", b"x")), PutJob(Job(b"f", b"y"))])
+            now = time.time()
+            assert await a.claim([(b"f", b"x", now - 1), (b"f", b"y", now + LEASE)]) == {}
+            assert await a.claim([]) == {}
+            # x's lease ran out: b takes it; y is a's; z never existed.
+            got = await b.claim([(b"f", b"x", now + 5), (b"f", b"y", now + 5), (b"f", b"z", 1.0)])
+            assert got == {(b"f", b"y"): now + LEASE, (b"f", b"z"): None}
+            assert _lease(url, b"f", b"x") == (b.server_id, now + 5)
+            # Claiming again what we hold moves our lease.
+            assert await a.claim([(b"f", b"y", now + 2 * LEASE)]) == {}
+            assert _lease(url, b"f", b"y") == (a.server_id, now + 2 * LEASE)
+            await a.aclose()
+            with pytest.raises(StoreError):
+                await a.claim([(b"f", b"x", now)])
+
+
+@pytest.mark.postgres
+async def test_put_job_never_clobbers_a_live_claim_of_another_server(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            jobs = [Job(b"f", n, b"old") for n in (b"live", b"expired", b"own")]
+            await a.commit([PutJob(j) for j in jobs])
+            now = time.time()
+            await a.claim([(b"f", b"live", now + LEASE), (b"f", b"expired", now - 1)])
+            await b.claim([(b"f", b"own", now + LEASE)])
+            await b.commit([PutJob(Job(b"f", n, b"new")) for n in (b"live", b"expired", b"own")])
+            assert _claim_row(url, b"f", b"live") == (a.server_id, now + LEASE, b"old")
+            assert _claim_row(url, b"f", b"expired") == (None, None, b"new")
+            assert _claim_row(url, b"f", b"own") == (None, None, b"new")
+            # Deleting is unconditional.
+            await b.commit([DeleteJob(b"f", b"live")])
+            assert _claim_row(url, b"f", b"live") is None
+
+
+@pytest.mark.postgres
+async def test_extend_lease_moves_only_our_own_claim(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            await a.commit([PutJob(Job(b"f", b"n")), PutJob(Job(b"f", b"free"))])
+            now = time.time()
+            await a.claim([(b"f", b"n", now + 10)])
+            await a.commit([ExtendLease(b"f", b"n", now + 20), ExtendLease(b"f", b"free", 5.0)])
+            assert _lease(url, b"f", b"n") == (a.server_id, now + 20)
+            assert _lease(url, b"f", b"free") == (None, None)
+            await b.commit([ExtendLease(b"f", b"n", now + 99)])
+            assert _lease(url, b"f", b"n") == (a.server_id, now + 20)
+
+
+@pytest.mark.postgres
+async def test_open_reports_live_leases_and_keeps_claims(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url, 1) as (a,):
+            await a.commit([PutJob(Job(b"f", n)) for n in (b"live", b"expired", b"free")])
+            now = time.time()
+            await a.claim([(b"f", b"live", now + LEASE), (b"f", b"expired", now - 1)])
+            restarted = PostgresStore(url)
+            try:
+                state = await restarted.open()
+            finally:
+                await restarted.aclose()
+    assert {j.name for j in state.jobs} == {b"live", b"expired", b"free"}
+    assert state.leases == {(b"f", b"live"): now + LEASE}
+    # Opening does not reset anybody's claims.
+    assert _lease(url, b"f", b"live") == (a.server_id, now + LEASE)
+    assert _lease(url, b"f", b"expired") == (a.server_id, now - 1)
+
+
+@pytest.mark.postgres
+async def test_watch_sees_other_servers_changes_within_a_second(url: str) -> None:
+    seen_a, seen_b = _Seen(), _Seen()
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b), trio.open_nursery() as nursery:
+            await nursery.start(a.watch, seen_a)
+            await nursery.start(b.watch, seen_b)
+            job = Job(b"f", b"n", b"w", sched_at=123, count=2, timeout=30)
+            await a.commit([PutFunc(b"f"), PutJob(job), PutJob(Job(b"g", b"m"))])
+            await seen_b.wait_for(RemoteJob(job, None), RemoteJob(Job(b"g", b"m"), None))
+
+            until = time.time() + LEASE
+            assert await a.claim([(b"f", b"n", until)]) == {}
+            await seen_b.wait_for(RemoteJob(job, until))
+
+            await a.commit([DeleteJob(b"f", b"n")])
+            await seen_b.wait_for(RemoteDelete(b"f", b"n"))
+            await a.commit([DeleteFunc(b"g")])
+            await seen_b.wait_for(RemoteDropFunc(b"g"))
+            await a.commit([SetConfig("timeout", 42)])
+            await seen_b.wait_for(RemoteConfig("timeout", 42))
+
+            # The other way round: a hears b, and never hears itself.
+            await b.commit([PutJob(Job(b"h", b"from-b"))])
+            await seen_a.wait_for(RemoteJob(Job(b"h", b"from-b"), None))
+            await trio.sleep(0.2)
+            assert seen_a.changes == [RemoteJob(Job(b"h", b"from-b"), None)]
+            # A row b holds itself is nothing b needs to hear about.
+            await b.claim([(b"h", b"from-b", until)])
+            await a.commit([PutJob(Job(b"h", b"from-b", b"ignored"))])  # b's claim stands
+            await a.commit([SetConfig("marker", 1)])
+            await seen_b.wait_for(RemoteConfig("marker", 1))
+            assert not [
+                c for c in seen_b.changes if isinstance(c, RemoteJob) and c.job.func == b"h"
+            ]
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.postgres
+async def test_watch_large_transactions_are_split_and_batched(url: str) -> None:
+    seen = _Seen()
+    jobs = [Job(b"f" * 200, b"%03d" % i + b"n" * 200) for i in range(500)]
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b), trio.open_nursery() as nursery:
+            await nursery.start(b.watch, seen)
+            await a.commit([PutJob(j) for j in jobs])  # ~420 KB of notification lines
+            await seen.wait_for(*(RemoteJob(j, None) for j in jobs), timeout=5)
+            assert len(seen.changes) == 500 and seen.calls < 10
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.postgres
+async def test_nothing_is_missed_between_open_and_watch(url: str) -> None:
+    seen = _Seen()
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            await a.commit([PutJob(Job(b"f", b"early"))])  # after b loaded, before b watches
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.watch, seen)
+                await seen.wait_for(RemoteJob(Job(b"f", b"early"), None))
+                nursery.cancel_scope.cancel()
+
+
+@pytest.mark.postgres
+async def test_watch_reconnects_and_rereads_after_losing_its_connection(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen = _Seen()
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b), trio.open_nursery() as nursery:
+            b._retry_delay = 0.05
+            await a.commit([PutJob(Job(b"f", b"before")), SetConfig("k", 7)])
+            await nursery.start(b.watch, seen)
+            await seen.wait_for(RemoteJob(Job(b"f", b"before"), None), RemoteConfig("k", 7))
+            (listener,) = b._listeners
+            pid = listener.backend_pid
+            with _admin(url) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            # Committed while b may be disconnected: the re-read or a notification brings it.
+            await a.commit([PutJob(Job(b"f", b"during"))])
+            await seen.wait_for(RemoteJob(Job(b"f", b"during"), None), timeout=10)
+            while listener.backend_pid in (None, pid):
+                await trio.sleep(0.01)
+            await a.commit([PutJob(Job(b"f", b"after"))])
+            await seen.wait_for(RemoteJob(Job(b"f", b"after"), None))
+            nursery.cancel_scope.cancel()
+    assert "lost the LISTEN connection" in caplog.text
+
+
+@pytest.mark.postgres
+async def test_cancelled_watch_stops_promptly_and_closes_its_connection(url: str) -> None:
+    def listeners() -> int:
+        with _admin(url) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = %s AND query LIKE 'LISTEN%%'",
+                (_dbname(url),),
+            ).fetchone()
+            assert row is not None and isinstance(row[0], int)
+            return row[0]
+
+    seen = _Seen()
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            assert listeners() == 2  # open() listens already
+            for _ in range(2):  # the second watch makes a connection of its own
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(b.watch, seen)
+                    await trio.sleep(0.05)
+                    started = trio.current_time()
+                    nursery.cancel_scope.cancel()
+                assert trio.current_time() - started < 0.1
+                deadline = trio.current_time() + 2
+                while listeners() != 1:  # the abandoned thread closes it within a slice
+                    assert trio.current_time() < deadline
+                    await trio.sleep(0.02)
+            # A watch after a watch re-reads everything it may have missed.
+            await a.commit([PutJob(Job(b"f", b"missed"))])
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.watch, seen)
+                await seen.wait_for(RemoteJob(Job(b"f", b"missed"), None))
+                nursery.cancel_scope.cancel()
+        assert listeners() == 0

@@ -69,13 +69,13 @@ from trio_periodic.store.base import (
     DeleteFunc,
     DeleteJob,
     ExtendLease,
+    PutFunc,
+    PutJob,
     RemoteChange,
     RemoteConfig,
     RemoteDelete,
     RemoteDropFunc,
     RemoteJob,
-    PutFunc,
-    PutJob,
     SetConfig,
     StoredState,
 )
@@ -262,7 +262,7 @@ class Scheduler:
     def submit(self, job: Job, now: float) -> None:
         """SUBMIT_JOB / LOAD: replace unless running, never create a duplicate."""
         entry = self.jobs.get((job.func, job.name))
-        if entry is not None and entry.state is RUNNING:
+        if entry is not None and (entry.state is RUNNING or entry.state is ELSEWHERE):
             return
         self.counters["submitted"] += 1
         self._put(job, now)
@@ -693,9 +693,8 @@ class Scheduler:
                 fs = self.funcs.get(change.func)
                 if fs is not None and not fs.workers:
                     del self.funcs[change.func]
-            elif isinstance(change, RemoteConfig):
-                if change.key in self.config:
-                    self.config[change.key] = change.value
+            elif isinstance(change, RemoteConfig) and change.key in self.config:
+                self.config[change.key] = change.value
 
     # ---------------------------------------------------------------- locks
 

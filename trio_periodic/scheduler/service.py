@@ -118,9 +118,17 @@ class SchedulerService:
                 return out
             self.core.dispatch(self.clock.now())
             effects = self.core.take_effects()
-        # Still refused after several rounds: let the wake-up loop retry.
+        # Still contended after several rounds: the assignments not yet claimed
+        # go back to pending (never out unclaimed) and the wake-up loop retries.
+        for e in effects:
+            if isinstance(e, Assign):
+                held = e.conn.held.get((e.job.func, e.job.name))
+                if held is not None and held.msgid == e.msgid:
+                    self.core.claim_failed(held, self.clock.now())
+            else:
+                out.append(e)
         self.poke()
-        return out + effects
+        return out
 
     def remote_changes(self, changes: list[RemoteChange]) -> None:
         """Called (on the trio thread) with what other servers changed."""

@@ -1,4 +1,4 @@
-"""The PostgreSQL store.
+"""The PostgreSQL store; several servers on one database form one job server.
 
 Theory of operation
 -------------------
@@ -16,6 +16,33 @@ value that does not depend on what was there, so applying the same sequence
 twice leaves the same rows.  When the retries run out every caller in that
 transaction gets ``StoreError``.
 
+Cluster mode (``shared = True``)
+--------------------------------
+Every server keeps the whole job set in RAM and mirrors the others:
+
+* A job is handed out only after ``claim`` wrote ``claimed_by = server_id``
+  and ``lease_until`` (epoch seconds) on its row.  ``claim`` first locks the
+  rows with ``SELECT … ORDER BY func, name FOR UPDATE``, so two servers
+  claiming overlapping sets lock in the same order (no deadlock) and the
+  second one sees the first one's claim: each row is claimed by exactly one.
+  A lease that ran out (its server died) can be claimed by anyone.
+* ``PutJob`` (a submit, or this server handing a job back) clears the claim,
+  but never overwrites a live claim of *another* server; ``ExtendLease``
+  moves only our own claim's ``lease_until``; ``DeleteJob`` always deletes.
+* Each transaction that changes rows also sends ``pg_notify`` (see
+  ``pg_notify.py``); ``watch`` listens on a dedicated connection, reads the
+  rows named by other servers' notifications and hands them to the scheduler
+  as ``RemoteChange``s.  ``open`` starts listening *before* it reads the
+  tables, so nothing committed between the load and ``watch`` is missed.
+* Lease times compare with ``clock`` (``time.time`` by default): servers
+  need clocks in step (NTP) to well within the lease grace period.
+
+After the LISTEN connection was lost, ``watch`` reconnects with backoff and
+reads every row again (as RemoteJobs, a page at a time) plus every config.
+Jobs *deleted* by other servers while it was disconnected are not reported
+(the store does not know which jobs the scheduler holds): they stay in this
+server's RAM until it restarts, and a claim of one of them returns None.
+
 Schema version 1 (tables carry a fixed ``periodic_`` prefix)::
 
     periodic_meta(key TEXT PRIMARY KEY, value TEXT)   -- ('schema_version', '1')
@@ -26,19 +53,22 @@ Schema version 1 (tables carry a fixed ``periodic_`` prefix)::
     periodic_funcs(func BYTEA PRIMARY KEY)
     periodic_configs(key TEXT PRIMARY KEY, value BIGINT)
 
-``claimed_by``/``lease_until`` are unused by a single server (always NULL; a
-PutJob clears them): they are there for multi-server job claiming.  Migrations
-run in one transaction under an advisory lock so that several servers
-starting at once do not race.
+``claimed_by`` is a server id (random per process, so a restarted server does
+not inherit its former claims: they run out like those of a dead server).
+Migrations run in one transaction under an advisory lock so that several
+servers starting at once do not race.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from itertools import starmap
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -49,14 +79,27 @@ from trio_periodic.store.base import (
     Change,
     DeleteFunc,
     DeleteJob,
+    ExtendLease,
     PutFunc,
     PutJob,
+    RemoteChange,
     SetConfig,
     StoredState,
     StoreError,
 )
-from trio_periodic.store.sqlite import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.pg_notify import (
+    CHANNEL,
+    Handle,
+    Listener,
+    change_lines,
+    claim_lines,
+    payloads,
+)
 from trio_periodic.store.uri import is_keyword_form, redact_uri
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class _ConnectionTrouble(StoreError):
@@ -91,13 +134,18 @@ _TABLES: Final = ("periodic_meta", "periodic_jobs", "periodic_funcs", "periodic_
 #: pg_advisory_xact_lock key serialising schema migrations ("periodic" in ASCII).
 _MIGRATION_LOCK: Final = 0x706572696F646963
 
+# Statements per change kind; ``_params`` adds our server id and the time
+# where a statement needs them.
 _SQL: Final[dict[type, tuple[str, ...]]] = {
     PutJob: (
         "INSERT INTO periodic_jobs (func, name, sched_at, count, timeout, workload)"
         " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (func, name) DO UPDATE SET"
         " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count,"
         " timeout = EXCLUDED.timeout, workload = EXCLUDED.workload,"
-        " claimed_by = NULL, lease_until = NULL",
+        " claimed_by = NULL, lease_until = NULL"
+        # never overwrite a live claim of another server
+        " WHERE periodic_jobs.claimed_by IS NULL OR periodic_jobs.claimed_by = %s"
+        " OR periodic_jobs.lease_until IS NULL OR periodic_jobs.lease_until < %s",
     ),
     DeleteJob: ("DELETE FROM periodic_jobs WHERE func = %s AND name = %s",),
     PutFunc: ("INSERT INTO periodic_funcs (func) VALUES (%s) ON CONFLICT DO NOTHING",),
@@ -109,9 +157,41 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
         "INSERT INTO periodic_configs (key, value) VALUES (%s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     ),
+    ExtendLease: (
+        "UPDATE periodic_jobs SET lease_until = %s"
+        " WHERE func = %s AND name = %s AND claimed_by = %s",
+    ),
 }
 
+_NOTIFY: Final = "SELECT pg_notify(%s, %s)"
 _LOAD_JOBS: Final = "SELECT func, name, workload, sched_at, count, timeout FROM periodic_jobs"
+_LOAD_LEASES: Final = (
+    "SELECT func, name, lease_until FROM periodic_jobs"
+    " WHERE claimed_by IS NOT NULL AND lease_until > %s"
+)
+# Lock the rows in key order: two servers claiming overlapping sets then wait
+# for each other instead of deadlocking, and the second sees the first's claim.
+_LOCK_FOR_CLAIM: Final = (
+    "SELECT j.func, j.name, j.claimed_by, j.lease_until FROM periodic_jobs j"
+    " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
+    " ON j.func = v.func AND j.name = v.name"
+    " ORDER BY j.func, j.name FOR UPDATE OF j"
+)
+_CLAIM: Final = (
+    "UPDATE periodic_jobs j SET claimed_by = %s, lease_until = v.until"
+    " FROM unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, until)"
+    " WHERE j.func = v.func AND j.name = v.name"
+)
+#: Seconds between attempts to get the LISTEN connection back (doubling up to this).
+_MAX_LISTEN_BACKOFF: Final = 5.0
+
+
+def _params(kind: type, rows: list[tuple[Any, ...]], me: str, now: float) -> list[tuple[Any, ...]]:
+    if kind is PutJob:
+        return [(*row, me, now) for row in rows]
+    if kind is ExtendLease:
+        return [(until, func, name, me) for func, name, until in rows]
+    return rows
 
 
 # -- URIs ---------------------------------------------------------------------
@@ -142,9 +222,10 @@ def to_conninfo(uri: str) -> str:
 
 
 class PostgresStore:
-    """Jobs, funcs and configs in PostgreSQL tables ``periodic_*``."""
+    """Jobs, funcs and configs in PostgreSQL tables ``periodic_*``, shareable by servers."""
 
     durable = True
+    shared = True
 
     def __init__(
         self,
@@ -154,26 +235,39 @@ class PostgresStore:
         retries: int = 3,
         retry_delay: float = 0.2,  # seconds before the first retry; doubles
         pool_size: int = 2,
+        clock: Callable[[], float] = time.time,  # epoch seconds, for leases
     ) -> None:
         self.uri = redact_uri(uri)
+        #: This process's name in ``claimed_by`` and in notifications.
+        self.server_id = secrets.token_hex(8)
         self._conninfo = to_conninfo(uri)
         self._connect_timeout = connect_timeout
         self._connect_seconds = max(1, round(connect_timeout))  # libpq wants whole seconds
         self._retries = retries
         self._retry_delay = retry_delay
         self._pool_size = max(1, pool_size)
+        self._clock = clock
         #: Number of transactions committed (group commit makes it << calls).
         self.commits = 0
         self._pool: _Pool | None = None
         self._closed = False
         self._limiter = trio.CapacityLimiter(1)
+        # Claims do not wait behind commits: they use a pooled connection of their own.
+        self._claim_limiter = trio.CapacityLimiter(1)
         self._committer = GroupCommitter(self._apply)
+        #: Listening since ``open``, until the first ``watch`` takes it over.
+        self._listener: Listener | None = None
+        self._listeners: set[Listener] = set()  # every live one, for aclose
 
     async def open(self) -> StoredState:
         if self._pool is not None or self._closed:
             raise StoreError(f"{self.uri}: store already opened")
-        pool, state = await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+        pool, listener, state = await trio.to_thread.run_sync(
+            self._open_sync, limiter=self._limiter
+        )
         self._pool = pool
+        self._listener = listener
+        self._listeners.add(listener)
         return state
 
     async def commit(self, changes: Sequence[Change]) -> None:
@@ -182,29 +276,146 @@ class PostgresStore:
         if changes:
             await self._committer.submit(changes)
 
+    async def claim(
+        self, claims: Sequence[tuple[bytes, bytes, float]]
+    ) -> dict[tuple[bytes, bytes], float | None]:
+        """Claim each ``(func, name)`` for this server until its ``lease_until``
+        (epoch seconds), all in one transaction.
+
+        Returns the handles *not* claimed: each maps to the lease_until of the
+        server that holds it, or to None when the job no longer exists.  A job
+        already claimed by us is claimed again (its lease moves).
+        """
+        if self._pool is None or self._closed:
+            raise StoreError(f"{self.uri}: store is not open")
+        if not claims:
+            return {}
+        return await trio.to_thread.run_sync(
+            self._retrying, partial(self._claim_sync, claims), "claim",
+            limiter=self._claim_limiter,
+        )  # fmt: skip
+
+    async def watch(
+        self,
+        on_changes: Callable[[list[RemoteChange]], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_changes`` (on the trio thread) with what other servers
+        commit, until cancelled or the store is closed.
+
+        Started once it listens.  The first call takes over the connection
+        ``open`` started listening on; a later call (or a reconnect) first
+        reports every row again, since it may have missed changes.
+        """
+        if self._pool is None or self._closed:
+            raise StoreError(f"{self.uri}: store is not open")
+        listener, self._listener = self._listener, None
+        fresh = listener is None
+        if listener is None:
+            listener = self._new_listener()
+        try:
+            if fresh:
+                try:
+                    await _in_thread(listener, listener.connect)
+                except psycopg.Error as exc:
+                    raise StoreError(f"cannot LISTEN on PostgreSQL at {self.uri}: {exc}") from exc
+            task_status.started()
+            await self._watch_loop(listener, on_changes, resync=fresh)
+        finally:
+            self._listeners.discard(listener)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(listener.stop)
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         with trio.CancelScope(shield=True):
             await self._committer.drain()
+            for listener in list(self._listeners):
+                await trio.to_thread.run_sync(listener.stop)
+            self._listeners.clear()
+            self._listener = None
             pool, self._pool = self._pool, None
             if pool is not None:
                 await trio.to_thread.run_sync(pool.close, limiter=self._limiter)
 
+    # -- watching (trio side) -----------------------------------------------------
+
+    def _new_listener(self) -> Listener:
+        listener = Listener(self._conninfo, self._connect_seconds, self.server_id)
+        self._listeners.add(listener)
+        return listener
+
+    async def _watch_loop(
+        self, listener: Listener, on_changes: Callable[[list[RemoteChange]], None], resync: bool
+    ) -> None:
+        connected = True
+        delay = self._retry_delay
+        while not self._closed:
+            try:
+                if not connected:
+                    await _in_thread(listener, listener.connect)
+                    connected = True
+                    log.warning("%s: listening again; re-reading every job", self.uri)
+                if resync:
+                    await self._resync(listener, on_changes)
+                    resync = False
+                delay = self._retry_delay
+                changes = await _in_thread(listener, listener.next_changes)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if self._closed:
+                    return
+                log.warning(
+                    "%s: lost the LISTEN connection (%s); retrying in %.1f s (jobs other"
+                    " servers delete meanwhile stay here until restart)",
+                    self.uri, str(exc).strip(), delay,
+                )  # fmt: skip
+                await trio.sleep(delay)
+                delay = min(delay * 2, _MAX_LISTEN_BACKOFF)
+                connected, resync = False, True
+                continue
+            except psycopg.Error as exc:
+                raise StoreError(f"{self.uri}: reading other servers' changes: {exc}") from exc
+            if changes:
+                on_changes(changes)
+
+    async def _resync(
+        self, listener: Listener, on_changes: Callable[[list[RemoteChange]], None]
+    ) -> None:
+        after: Handle | None = None
+        while True:
+            changes, after = await _in_thread(listener, partial(listener.resync_page, after))
+            if changes:
+                on_changes(changes)
+            if after is None:
+                return
+
     # -- worker-thread side ----------------------------------------------------
 
-    def _open_sync(self) -> tuple[_Pool, StoredState]:
+    def _open_sync(self) -> tuple[_Pool, Listener, StoredState]:
         try:
             conn = psycopg.connect(self._conninfo, connect_timeout=self._connect_seconds)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.uri}: {exc}") from exc
+        listener = Listener(self._conninfo, self._connect_seconds, self.server_id)
         try:
             with conn:
                 self._migrate(conn)
-                state = _load(conn)
-        except psycopg.Error as exc:
-            raise StoreError(f"{self.uri}: {exc}") from exc
+                # LISTEN before the load: whatever commits after the load's
+                # snapshot is then notified to us.
+                listener.connect()
+                state = _load(conn, self._clock())
+            pool = self._open_pool()
+        except BaseException as exc:
+            listener.stop()
+            if isinstance(exc, psycopg.Error):
+                raise StoreError(f"{self.uri}: {exc}") from exc
+            raise
+        return pool, listener, state
+
+    def _open_pool(self) -> _Pool:
         pool: _Pool = psycopg_pool.ConnectionPool(
             self._conninfo,
             kwargs={"connect_timeout": self._connect_seconds},
@@ -220,7 +431,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             pool.close()
             raise StoreError(f"cannot connect to PostgreSQL at {self.uri}: {exc}") from exc
-        return pool, state
+        return pool
 
     def _migrate(self, conn: _Conn) -> None:
         with conn.transaction():
@@ -271,33 +482,83 @@ class PostgresStore:
 
     def _transaction_retrying(self, changes: Iterable[Change]) -> None:
         changes = list(changes)  # may be replayed
+        self._retrying(partial(self._transaction, changes), "commit")
+
+    def _retrying(self, fn: Callable[[], _T], what: str) -> _T:
+        """``fn()``, again on a fresh connection (with backoff) when the connection
+        broke or PostgreSQL rolled the transaction back (deadlock)."""
         delay = self._retry_delay
         for attempt in range(self._retries + 1):
             try:
-                self._transaction(changes)
-                return
+                return fn()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if self._pool is None or attempt == self._retries:
                     raise _ConnectionTrouble(
-                        f"{self.uri}: commit failed after {attempt + 1} attempts: {exc}"
+                        f"{self.uri}: {what} failed after {attempt + 1} attempts: {exc}"
                     ) from exc
-            time.sleep(delay)  # on the worker thread: the next commit waits for us anyway
+            time.sleep(delay)  # on the worker thread: the next call waits for us anyway
             delay *= 2
+        raise AssertionError("unreachable")
 
     def _transaction(self, changes: list[Change]) -> None:
         pool = self._pool
         if pool is None:
             raise StoreError(f"{self.uri}: store is closed")
+        me, now = self.server_id, self._clock()
+        notes = payloads(change_lines(me, changes))
         try:
             with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 for kind, rows in change_runs(changes):
+                    params = _params(kind, rows, me, now)
                     for sql in _SQL[kind]:
-                        cur.executemany(sql, rows)
+                        cur.executemany(sql, params)
+                if notes:  # delivered on COMMIT, never on a rollback
+                    cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
             raise StoreError(f"{self.uri}: commit failed: {exc}") from exc
         self.commits += 1
+
+    def _claim_sync(
+        self, claims: Sequence[tuple[bytes, bytes, float]]
+    ) -> dict[Handle, float | None]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"{self.uri}: store is closed")
+        wanted = {(func, name): until for func, name, until in claims}
+        me, now = self.server_id, self._clock()
+        held: dict[Handle, float | None] = {}
+        won: list[Handle] = []
+        try:
+            with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
+                cur.execute(_LOCK_FOR_CLAIM, ([h[0] for h in wanted], [h[1] for h in wanted]))
+                for func, name, by, lease in cur.fetchall():
+                    if by is None or by == me or lease is None or lease < now:
+                        won.append((func, name))
+                    else:
+                        held[(func, name)] = lease
+                if won:
+                    cur.execute(
+                        _CLAIM,
+                        (me, [h[0] for h in won], [h[1] for h in won], [wanted[h] for h in won]),
+                    )
+                    notes = payloads(claim_lines(me, won))
+                    cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.uri}: claim failed: {exc}") from exc
+        if len(won) == len(wanted):
+            return {}
+        claimed = set(won)
+        return {h: held.get(h) for h in wanted if h not in claimed}
+
+
+async def _in_thread(listener: Listener, fn: Callable[[], _T]) -> _T:
+    # Abandoned on cancel: the thread notices ``listener.stop`` within a poll
+    # slice, closes the connection and exits on its own.
+    return await trio.to_thread.run_sync(listener.run, fn, abandon_on_cancel=True)
 
 
 def _worth_splitting(exc: Exception) -> bool:
@@ -306,13 +567,17 @@ def _worth_splitting(exc: Exception) -> bool:
     return not isinstance(exc, _ConnectionTrouble)
 
 
-def _load(conn: _Conn) -> StoredState:
-    with conn.cursor(binary=True) as cur:
+def _load(conn: _Conn, now: float) -> StoredState:
+    with conn.transaction(), conn.cursor(binary=True) as cur:
+        # One snapshot for jobs and leases; nothing is written.
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute(_LOAD_JOBS)
         with gc_paused():
             jobs = list(starmap(Job, cur.fetchall()))
+        cur.execute(_LOAD_LEASES, (now,))
+        leases = {(func, name): until for func, name, until in cur.fetchall()}
         cur.execute("SELECT func FROM periodic_funcs")
         funcs = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT key, value FROM periodic_configs")
         config = {key: value for key, value in cur.fetchall()}
-    return StoredState(jobs=jobs, funcs=funcs, config=config)
+    return StoredState(jobs=jobs, funcs=funcs, config=config, leases=leases)

@@ -1,0 +1,302 @@
+"""Cluster notifications for the PostgreSQL store: payloads and the LISTEN connection.
+
+Theory of operation
+-------------------
+Every transaction that changes rows sends ``pg_notify('periodic_changes', …)``
+inside the transaction, so that listeners hear of it only once it committed
+(and never of a rollback).  A payload is lines of ASCII::
+
+    <server id> j <hex func> <hex name>     a job row was written or claimed
+    <server id> d <hex func> <hex name>     a job row was deleted
+    <server id> f <hex func>                a function and all its jobs were dropped
+    <server id> c <hex key>                 a config key was set
+
+split over several notifications when it would pass ``MAX_PAYLOAD`` bytes
+(PostgreSQL refuses payloads of 8000 bytes or more).  A notification says
+only *what* changed; the listener reads the rows as they are *now*.  That
+makes the mirror converge whatever the interleaving: a row read too early is
+read again when the notification of the later change arrives, and
+notifications arrive in commit order.  Within a batch of notifications each
+key is kept at its last occurrence, so "drop func f, then put job (f, x)"
+comes out in that order.
+
+``Listener`` owns one autocommit connection (not from the pool) that has run
+``LISTEN``.  Only worker threads touch it, one at a time (``lock``).  Its
+waits are cut into slices of ``POLL_SLICE`` seconds so that a thread
+abandoned by a cancelled trio task notices ``stop`` within one slice, closes
+the connection itself and exits.  A notification wakes the waiting thread at
+once: the slices bound the time to stop, not the latency.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from trio_periodic.protocol.job import Job
+from trio_periodic.store.base import (
+    Change,
+    DeleteFunc,
+    DeleteJob,
+    PutJob,
+    RemoteChange,
+    RemoteConfig,
+    RemoteDelete,
+    RemoteDropFunc,
+    RemoteJob,
+    SetConfig,
+)
+
+CHANNEL: Final = "periodic_changes"
+#: Largest payload we send, in bytes (PostgreSQL's limit is 8000).
+MAX_PAYLOAD: Final = 7000
+#: Seconds a listening thread blocks before it checks whether it must stop.
+POLL_SLICE: Final = 0.1
+#: Most notifications turned into one batch of remote changes.
+MAX_BATCH: Final = 256
+#: Rows per callback when the whole table is read again after a reconnect.
+RESYNC_PAGE: Final = 10_000
+#: libpq TCP keepalives (seconds) so that a silently dead network is noticed.
+KEEPALIVES: Final[dict[str, int]] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+_Conn = psycopg.Connection[Any]
+Handle = tuple[bytes, bytes]
+_T = TypeVar("_T")
+
+_ROW_COLUMNS: Final = (
+    "j.func, j.name, j.workload, j.sched_at, j.count, j.timeout, j.claimed_by, j.lease_until"
+)
+_FETCH_JOBS: Final = (
+    f"SELECT {_ROW_COLUMNS} FROM periodic_jobs j"
+    " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
+    " ON j.func = v.func AND j.name = v.name"
+)
+_FETCH_CONFIGS: Final = "SELECT key, value FROM periodic_configs WHERE key = ANY(%s::text[])"
+_FIRST_PAGE: Final = f"SELECT {_ROW_COLUMNS} FROM periodic_jobs j ORDER BY j.func, j.name LIMIT %s"
+_NEXT_PAGE: Final = (
+    f"SELECT {_ROW_COLUMNS} FROM periodic_jobs j WHERE (j.func, j.name) > (%s, %s)"
+    " ORDER BY j.func, j.name LIMIT %s"
+)
+
+
+# -- payloads -----------------------------------------------------------------
+
+
+def change_lines(server_id: str, changes: Iterable[Change]) -> list[str]:
+    """Notification lines for a transaction's changes (ExtendLease and PutFunc send none:
+    a lease extension is learnt by whoever tries to claim the job)."""
+    lines: dict[str, None] = {}  # ordered set
+    for change in changes:
+        match change:
+            case PutJob(job=job):
+                lines[f"{server_id} j {job.func.hex()} {job.name.hex()}"] = None
+            case DeleteJob(func=func, name=name):
+                lines[f"{server_id} d {func.hex()} {name.hex()}"] = None
+            case DeleteFunc(func=func):
+                lines[f"{server_id} f {func.hex()}"] = None
+            case SetConfig(key=key):
+                lines[f"{server_id} c {key.encode().hex()}"] = None
+    return list(lines)
+
+
+def claim_lines(server_id: str, handles: Iterable[Handle]) -> list[str]:
+    return [f"{server_id} j {func.hex()} {name.hex()}" for func, name in handles]
+
+
+def payloads(lines: Sequence[str]) -> list[str]:
+    """Join lines into payloads of at most MAX_PAYLOAD bytes (lines are ASCII)."""
+    out: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        if chunk and size + 1 + len(line) > MAX_PAYLOAD:
+            out.append("\n".join(chunk))
+            chunk, size = [], 0
+        size += len(line) + (1 if chunk else 0)
+        chunk.append(line)
+    if chunk:
+        out.append("\n".join(chunk))
+    return out
+
+
+#: What a batch of notifications asks us to look at, in last-occurrence order:
+#: ("j", func, name) for a job row, ("f", func) for a dropped func, ("c", key).
+Key = tuple[Any, ...]
+
+
+def parse(texts: Iterable[str], me: str) -> list[Key]:
+    """The keys named by other servers' lines, each at its last occurrence."""
+    keys: dict[Key, None] = {}
+    for text in texts:
+        for line in text.split("\n"):
+            parts = line.split(" ")
+            if len(parts) < 3 or parts[0] == me:
+                continue
+            try:
+                key = _key(parts)
+            except ValueError:
+                continue  # not ours or damaged: nothing to look at
+            if key is not None:
+                keys.pop(key, None)
+                keys[key] = None
+    return list(keys)
+
+
+def _key(parts: list[str]) -> Key | None:
+    op = parts[1]
+    if op in ("j", "d") and len(parts) == 4:
+        return ("j", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
+    if op == "f" and len(parts) == 3:
+        return ("f", bytes.fromhex(parts[2]))
+    if op == "c" and len(parts) == 3:
+        return ("c", bytes.fromhex(parts[2]).decode())
+    return None
+
+
+def remote_job(row: Sequence[Any], me: str) -> RemoteJob | None:
+    """A RemoteJob for a periodic_jobs row read with _ROW_COLUMNS; None for a row
+    we hold ourselves (only we change such a row: nothing to mirror)."""
+    func, name, workload, sched_at, count, timeout, claimed_by, lease_until = row
+    if claimed_by == me:
+        return None
+    lease = lease_until if claimed_by is not None else None
+    return RemoteJob(Job(func, name, workload, sched_at, count, timeout), lease)
+
+
+# -- the LISTEN connection ----------------------------------------------------------
+
+
+class Listener:
+    """One autocommit connection listening on CHANNEL (used from worker threads)."""
+
+    def __init__(self, conninfo: str, connect_seconds: int, server_id: str) -> None:
+        # Keepalives unless the user's conninfo sets its own.
+        self._conninfo = make_conninfo("", **{**KEEPALIVES, **conninfo_to_dict(conninfo)})
+        self._connect_seconds = connect_seconds
+        self._me = server_id
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._conn: _Conn | None = None
+
+    # Each worker-thread call goes through ``run``; ``stop`` may come from any thread.
+
+    def run(self, fn: Callable[[], _T]) -> _T:
+        try:
+            with self._lock:
+                if self._stopping.is_set():
+                    raise psycopg.InterfaceError("listener stopped")
+                return fn()
+        finally:
+            if self._stopping.is_set():  # stop() may have come while we held the lock
+                self.stop()
+
+    def stop(self) -> None:
+        """Close the connection now, or make the thread using it close it when done."""
+        self._stopping.set()
+        if self._lock.acquire(blocking=False):
+            try:
+                self._close()
+            finally:
+                self._lock.release()
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process of the connection (for tests and logs)."""
+        conn = self._conn
+        return None if conn is None or conn.closed else int(conn.info.backend_pid)
+
+    # -- the calls (worker thread, under the lock) ------------------------------------
+
+    def connect(self) -> None:
+        """(Re)connect and LISTEN.  psycopg.Error when the database cannot be reached."""
+        self._close()
+        conn = psycopg.connect(
+            self._conninfo, autocommit=True, connect_timeout=self._connect_seconds
+        )
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def next_changes(self) -> list[RemoteChange]:
+        """Wait for other servers' notifications (or for ``stop``) and read what
+        they name.  An empty list when stopped or when only our own arrived."""
+        conn = self._connection()
+        texts: list[str] = []
+        while not texts and not self._stopping.is_set():
+            # stop_after=1 still yields the whole packet the first one came in.
+            texts = [n.payload for n in conn.notifies(timeout=POLL_SLICE, stop_after=1)]
+        while texts and len(texts) < MAX_BATCH:  # take what has arrived meanwhile
+            more = [n.payload for n in conn.notifies(timeout=0)]
+            if not more:
+                break
+            texts += more
+        keys = parse(texts, self._me)
+        return self.read(keys) if keys else []
+
+    def read(self, keys: Sequence[Key]) -> list[RemoteChange]:
+        """The current rows for ``keys``, as remote changes in the order of ``keys``."""
+        conn = self._connection()
+        handles = [(k[1], k[2]) for k in keys if k[0] == "j"]
+        config_keys = [k[1] for k in keys if k[0] == "c"]
+        rows: dict[Handle, Sequence[Any]] = {}
+        configs: dict[str, int] = {}
+        with conn.cursor(binary=True) as cur:
+            if handles:
+                cur.execute(_FETCH_JOBS, ([h[0] for h in handles], [h[1] for h in handles]))
+                rows = {(r[0], r[1]): r for r in cur.fetchall()}
+            if config_keys:
+                cur.execute(_FETCH_CONFIGS, (config_keys,))
+                configs = dict(cur.fetchall())
+        out: list[RemoteChange] = []
+        for key in keys:
+            if key[0] == "j":
+                row = rows.get((key[1], key[2]))
+                if row is None:
+                    out.append(RemoteDelete(key[1], key[2]))
+                elif (job := remote_job(row, self._me)) is not None:
+                    out.append(job)
+            elif key[0] == "f":
+                out.append(RemoteDropFunc(key[1]))
+            elif key[1] in configs:
+                out.append(RemoteConfig(key[1], configs[key[1]]))
+        return out
+
+    def resync_page(self, after: Handle | None) -> tuple[list[RemoteChange], Handle | None]:
+        """One page of every row (in key order after ``after``) as RemoteJobs, every
+        config on the first page, and where the next page starts (None: done)."""
+        conn = self._connection()
+        out: list[RemoteChange] = []
+        with conn.cursor(binary=True) as cur:
+            if after is None:
+                cur.execute("SELECT key, value FROM periodic_configs")
+                out += [RemoteConfig(key, value) for key, value in cur.fetchall()]
+                cur.execute(_FIRST_PAGE, (RESYNC_PAGE,))
+            else:
+                cur.execute(_NEXT_PAGE, (*after, RESYNC_PAGE))
+            rows = cur.fetchall()
+        out += [job for row in rows if (job := remote_job(row, self._me)) is not None]
+        last = (rows[-1][0], rows[-1][1]) if len(rows) == RESYNC_PAGE else None
+        return out, last
+
+    def _connection(self) -> _Conn:
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise psycopg.OperationalError("the LISTEN connection is closed")
+        return conn
