@@ -1,0 +1,193 @@
+"""What a ``periodic`` command line means, as plain data.
+
+Parsing (:mod:`trio_periodic.cli`) turns argv into an :class:`Invocation`:
+the global options plus one command object below.  Executing it is the job
+of :mod:`trio_periodic.cli_client` (one request to a server) and
+:mod:`trio_periodic.cli_worker` (workers running processes).  Keeping the
+two apart lets the tests check every parse without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trio_periodic.client.transport import DEFAULT_URL
+
+__all__ = [
+    "Command",
+    "ConfigGet",
+    "ConfigSet",
+    "Drop",
+    "Dump",
+    "ExecWorker",
+    "Globals",
+    "Invocation",
+    "Load",
+    "Ping",
+    "Recv",
+    "Remove",
+    "RunJob",
+    "Serve",
+    "Shutdown",
+    "Status",
+    "Submit",
+    "WorkerCmd",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Globals:
+    """Options that come before the command."""
+
+    #: ``-H`` values (env ``PERIODIC_PORT``); clients use the first.
+    hosts: tuple[str, ...] = ()
+    client_name: str | None = None
+    client_token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.hosts[0] if self.hosts else DEFAULT_URL
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    func: str
+    name: str
+    #: ``-w``: literal data, or ``@FILE`` for a file's contents.
+    workload: str | None = None
+    #: The seed's ``--args``: always literal.
+    args: str | None = None
+    #: Seconds from now.
+    later: int = 0
+    timeout: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    func: str
+    name: str
+    workload: str | None = None
+    timeout: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Recv:
+    func: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    func: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    funcs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigGet:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSet:
+    key: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dump:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """Run the server (``periodic serve``, ``periodic -d``)."""
+
+    #: Empty: the daemon's defaults.
+    hosts: tuple[str, ...] = ()
+    path: str | None = None
+    log: str = "INFO"
+    #: HTTP API address, "off", or None for the daemon's default.
+    http: str | None = None
+    #: Largest frame accepted (bytes); None for the daemon's default.
+    max_frame_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecWorker:
+    """The seed's ``periodic run -f FUNC --exec CMD``: stdout marker lines decide."""
+
+    func: str
+    #: Split on whitespace; the job name is appended.
+    command: str
+    thread: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCmd:
+    """``periodic worker FUNC -- COMMAND…`` (reference ``periodic-run`` / ``-run-pipe``)."""
+
+    func: str
+    command: tuple[str, ...]
+    thread: int = 1
+    #: Kill the process after this many seconds; None: the job's timeout; 0: never.
+    timeout: int | None = None
+    broadcast: bool = False
+    lock_name: str | None = None
+    lock_count: int = 1
+    retry_secs: int = 0
+    skip_fail: bool = False
+    data: bool = False
+    work_data: bool = False
+    no_name: bool = False
+    pipe: bool = False
+    ready_timeout: int = 10
+
+
+Command = (
+    Status
+    | Submit
+    | RunJob
+    | Recv
+    | Remove
+    | Drop
+    | ConfigGet
+    | ConfigSet
+    | Dump
+    | Load
+    | Ping
+    | Shutdown
+    | Serve
+    | ExecWorker
+    | WorkerCmd
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    globals: Globals
+    command: Command
