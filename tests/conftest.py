@@ -7,6 +7,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,9 @@ import trio
 
 from trio_periodic.server.app import Server
 from trio_periodic.store.memory import MemoryStore
+
+# No test may write to the real user's data directory (the default SQLite store).
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="trio-periodic-tests-")
 
 
 @dataclass
