@@ -55,6 +55,8 @@ class Server:
         #: The addresses actually bound, as URLs (ports filled in), once started.
         self.bound: list[str] = []
         self._shutdown = trio.Event()
+        #: Open protocol connections (CONFIG_SET keepalive re-times them all).
+        self.connections: set[ServerSideConnection] = set()
         self._unix_paths: list[str] = []
 
     def new_conn_id(self) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from typing import TYPE_CHECKING
 
 import trio
@@ -43,12 +42,6 @@ log = logging.getLogger(__name__)
 
 #: A peer that stops reading while we have this much queued for it is cut off.
 MAX_OUTBOX_BYTES = 256 * 1024 * 1024
-
-#: Each server's open connections, so that CONFIG_SET keepalive also moves the
-#: idle deadline of connections that are already waiting (it takes effect at once).
-_LIVE: weakref.WeakKeyDictionary[Server, set[ServerSideConnection]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class ServerSideConnection:
@@ -93,7 +86,7 @@ class ServerSideConnection:
 
     def keepalive_changed(self) -> None:
         """CONFIG_SET keepalive: re-time the idle wait of every open connection."""
-        for conn in _LIVE.get(self.server, ()):
+        for conn in self.server.connections:
             conn._set_idle_deadline()
 
     def _set_idle_deadline(self) -> None:
@@ -105,7 +98,7 @@ class ServerSideConnection:
 
     async def serve(self) -> None:
         peer = self.stream.peer
-        live = _LIVE.setdefault(self.server, set())
+        live = self.server.connections
         live.add(self)
         # except*: the nursery wraps even its body's exceptions in an
         # ExceptionGroup; a plain except would let one bad frame escape and
