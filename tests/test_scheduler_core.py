@@ -138,7 +138,7 @@ def test_done_fail_and_sched_later() -> None:
     core.job_assigned(w, 1, T0)
     core.take_changes()
     core.work_fail(w, b"f", b"a", T0 + 10)
-    assert core.jobs[(b"f", b"a")].state is JobState.PENDING
+    assert core.entry(b"f", b"a").state is JobState.PENDING
     core.dispatch(T0 + 10)
     assert core.next_wakeup() == T0 + 11  # retried one second later, not earlier
     core.add_slot(w, 1)
@@ -148,8 +148,8 @@ def test_done_fail_and_sched_later() -> None:
     assert len(assigns(core)) == 1
     core.job_assigned(w, 1, T0 + 11)
     core.sched_later(w, b"f", b"a", 3, 2, T0 + 11.25)
-    entry = core.jobs[(b"f", b"a")]
-    assert entry.run_at == T0 + 14.25 and entry.job.count == 2
+    entry = core.entry(b"f", b"a")
+    assert entry.run_at == T0 + 14.25 and entry.count == 2
     assert isinstance(core.take_changes()[-1], PutJob)
     core.add_slot(w, 1)
     core.tick(T0 + 14.25)
@@ -168,9 +168,9 @@ def test_timeout_counts_from_assignment_and_confirmation() -> None:
     assigns(core)
     core.job_assigned(w, 1, T0 + 2)  # confirmed late: the 5 s start now
     core.tick(T0 + 6.9)
-    assert core.jobs[(b"f", b"a")].state is JobState.RUNNING
+    assert core.entry(b"f", b"a").state is JobState.RUNNING
     core.tick(T0 + 7)
-    assert core.jobs[(b"f", b"a")].state is JobState.PENDING
+    assert core.entry(b"f", b"a").state is JobState.PENDING
     assert w.held == {}
 
 
@@ -188,8 +188,8 @@ def test_late_fail_from_expired_holder_does_not_steal_job() -> None:
     assert a.conn is w2
     core.job_assigned(w2, 1, T0 + 6)
     core.work_fail(w1, b"f", b"a", T0 + 7)
-    assert core.jobs[(b"f", b"a")].state is JobState.RUNNING
-    assert core.jobs[(b"f", b"a")].assignments[0].conn is w2
+    assert core.entry(b"f", b"a").state is JobState.RUNNING
+    assert core.entry(b"f", b"a").assignments[0].conn is w2
 
 
 def test_disconnect_hands_jobs_back() -> None:
@@ -202,7 +202,7 @@ def test_disconnect_hands_jobs_back() -> None:
     core.job_assigned(w1, 2, T0)  # b or a confirmed, the other not
     core.disconnect(w1, T0 + 1)
     assert core.worker_count(b"f") == 0
-    assert all(e.state is JobState.PENDING for e in core.jobs.values())
+    assert all(e.state is JobState.PENDING for e in core.dump())
     w2 = worker(core, b"f", slots=2)
     core.tick(T0 + 2)
     assert len([a for a in assigns(core) if a.conn is w2]) == 2
@@ -215,7 +215,7 @@ def test_unassigned_returns_job() -> None:
     core.dispatch(T0)
     assigns(core)
     core.job_unassigned(w, 1, T0)
-    assert core.jobs[(b"f", b"a")].state is JobState.PENDING
+    assert core.entry(b"f", b"a").state is JobState.PENDING
     core.add_slot(w, 1)
     core.dispatch(T0)
     assert len(assigns(core)) == 1
@@ -241,7 +241,7 @@ def test_run_job_result_and_failure() -> None:
     assigns(core)
     core.work_fail(w, b"f", b"b", T0)
     assert [(p.msgid, p.data) for p in pushes(core)] == [(10, b"failed")]
-    assert (b"f", b"b") not in core.jobs
+    assert core.entry(b"f", b"b") is None
 
 
 def test_run_job_expires() -> None:
@@ -314,7 +314,7 @@ def test_locks_park_and_promote() -> None:
     assert (b"f", b"c") not in w.held  # parked: nothing left to expire later
     assert core.acquire(b"db", 1, b"f", b"unknown") is True
     core.work_done(w, b"f", b"a", b"")  # implicit release promotes c
-    assert core.jobs[(b"f", b"c")].state is JobState.PENDING
+    assert core.entry(b"f", b"c").state is JobState.PENDING
     core.add_slot(w, 1)
     core.dispatch(T0)
     [a] = assigns(core)
@@ -371,9 +371,9 @@ def test_claim_refused_gives_slot_back_and_waits_for_lease() -> None:
     [b] = assigns(core)
     assert b.job.name != a.job.name and b.msgid == 1  # the slot came back
     core.tick(T0 + 29.9)
-    assert core.jobs[(b"f", a.job.name)].state is JobState.ELSEWHERE
+    assert core.entry(b"f", a.job.name).state is JobState.ELSEWHERE
     core.tick(T0 + 30)  # the other server's lease ran out: ours to try again
-    assert core.jobs[(b"f", a.job.name)].state is JobState.PENDING
+    assert core.entry(b"f", a.job.name).state is JobState.PENDING
 
 
 def test_claim_refused_for_a_vanished_job_deletes_it() -> None:

@@ -51,6 +51,7 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
 from trio_periodic.scheduler.state import (
+    _NO_ASSIGNMENTS,
     _NO_LOCKS,
     ELSEWHERE,
     LOCKED,
@@ -107,7 +108,6 @@ class StatusRow(NamedTuple):
 class Scheduler:
     def __init__(self) -> None:
         self.config: dict[str, int] = dict(DEFAULTS)
-        self.jobs: dict[Handle, JobEntry] = {}
         self.funcs: dict[bytes, FuncState] = {}
         self.locks: dict[bytes, Lock] = {}
         self.waiters: dict[Handle, Waiters] = {}
@@ -160,8 +160,8 @@ class Scheduler:
             self._func(func)
         for job in state.jobs:
             self._put(job, now)
-        for handle, lease_until in state.leases.items():
-            entry = self.jobs.get(handle)
+        for (func, name), lease_until in state.leases.items():
+            entry = self.entry(func, name)
             if entry is not None and lease_until > now:
                 self._hold_elsewhere(entry, lease_until)
         self.changes.clear()
@@ -241,10 +241,10 @@ class Scheduler:
         if assignment is None:
             return
         assignment.confirmed = True
-        deadline = now + self.effective_timeout(assignment.entry.job)
+        deadline = now + self.effective_timeout(assignment.entry)
         self._set_deadline(assignment, deadline)
         if self.shared:
-            job = assignment.entry.job
+            job = assignment.entry
             self.changes.append(ExtendLease(job.func, job.name, deadline + LEASE_GRACE))
 
     def job_unassigned(self, conn: ConnState, msgid: int, now: float) -> None:
@@ -259,9 +259,14 @@ class Scheduler:
 
     # ------------------------------------------------------------- submitting
 
+    def entry(self, func: bytes, name: bytes) -> JobEntry | None:
+        """The stored job with this handle, if any."""
+        fs = self.funcs.get(func)
+        return fs.jobs.get(name) if fs is not None else None
+
     def submit(self, job: Job, now: float) -> None:
         """SUBMIT_JOB / LOAD: replace unless running, never create a duplicate."""
-        entry = self.jobs.get((job.func, job.name))
+        entry = self.entry(job.func, job.name)
         if entry is not None and (entry.state is RUNNING or entry.state is ELSEWHERE):
             return
         self.counters["submitted"] += 1
@@ -273,14 +278,15 @@ class Scheduler:
             job.sched_at = int(now)
         else:
             run_at = float(job.sched_at)
-        handle = (job.func, job.name)
         fs = self._func(job.func)
-        old = self.jobs.get(handle)
+        old = fs.jobs.get(job.name)
         if old is not None:
             self._forget(old, fs)
-        entry = JobEntry(job, run_at)
-        self.jobs[handle] = entry
-        fs.njobs += 1
+        # fs.name: one bytes object per function, not one per job.
+        entry = JobEntry(
+            fs.name, job.name, job.workload, job.sched_at, job.count, job.timeout, run_at
+        )
+        fs.jobs[job.name] = entry
         self._enqueue(entry, fs)
         self.changes.append(PutJob(job))
         return entry
@@ -374,21 +380,23 @@ class Scheduler:
         msgid = conn.slots.pop()
         conn.slot_set.discard(msgid)
         assignment = Assignment(entry, conn, msgid, now)
-        entry.assignments.append(assignment)
+        if entry.assignments:
+            entry.assignments.append(assignment)
+        else:
+            entry.assignments = [assignment]
         conn.open[msgid] = assignment
-        conn.held[(entry.job.func, entry.job.name)] = assignment
-        job = entry.job
-        timeout = self.effective_timeout(job)
+        conn.held[(entry.func, entry.name)] = assignment
+        timeout = self.effective_timeout(entry)
         self._set_deadline(assignment, now + timeout)
         self.counters["assigned"] += 1
-        sent = Job(job.func, job.name, job.workload, job.sched_at, job.count, timeout)
+        sent = Job(entry.func, entry.name, entry.workload, entry.sched_at, entry.count, timeout)
         self.effects.append(Assign(conn, msgid, sent))
 
     # ---------------------------------------------------------- job results
 
     def work_done(self, conn: ConnState, func: bytes, name: bytes, data: bytes) -> None:
         """WORK_DONE: the job is finished, whoever reports it."""
-        entry = self.jobs.get((func, name))
+        entry = self.entry(func, name)
         self._release_sender(conn, (func, name))
         if entry is None:
             return
@@ -410,15 +418,14 @@ class Scheduler:
         if (func, name) in self.waiters and self.waiters[(func, name)].results:
             self._finish(entry, RESULT_FAILED)
             return
-        job = entry.job
         run_at = now + delay
         self.counters["rescheduled"] += 1
-        job.count += step
+        entry.count += step
         # Whole seconds on the wire and in the store, rounded up so that a job
         # restored after a restart never runs before its time.
-        job.sched_at = math.ceil(run_at)
+        entry.sched_at = math.ceil(run_at)
         self._requeue(entry, run_at, release=False)
-        self.changes.append(PutJob(job))
+        self.changes.append(PutJob(entry.snapshot()))
 
     def work_data(self, func: bytes, name: bytes, data: bytes) -> None:
         waiters = self.waiters.get((func, name))
@@ -438,7 +445,7 @@ class Scheduler:
         fix: a report from a connection that does not hold the job is ignored
         while another worker holds it (a late WORK_FAIL after a timeout must
         not take the job away from its new worker)."""
-        entry = self.jobs.get(handle)
+        entry = self.entry(*handle)
         mine = self._release_sender(conn, handle)
         if entry is None or entry.state is not RUNNING:
             return None
@@ -451,14 +458,14 @@ class Scheduler:
 
     def _finish(self, entry: JobEntry, result: bytes) -> None:
         self._delete(entry)
-        self.changes.append(DeleteJob(entry.job.func, entry.job.name))
-        self._notify(entry.job.func, entry.job.name, result)
+        self.changes.append(DeleteJob(entry.func, entry.name))
+        self._notify(entry.func, entry.name, result)
 
     def _fail(self, entry: JobEntry, now: float) -> None:
         """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly."""
         self.counters["failed"] += 1
         self._release_locks(entry)
-        handle = (entry.job.func, entry.job.name)
+        handle = (entry.func, entry.name)
         waiters = self.waiters.get(handle)
         if waiters is not None and waiters.results:
             self._finish(entry, RESULT_FAILED)
@@ -466,7 +473,7 @@ class Scheduler:
         for assignment in list(entry.assignments):
             self._drop_assignment(assignment)
         run_at = now + RETRY_DELAY
-        entry.job.sched_at = math.ceil(run_at)
+        entry.sched_at = math.ceil(run_at)
         self._requeue(entry, run_at)
 
     def _notify(self, func: bytes, name: bytes, result: bytes) -> None:
@@ -483,7 +490,7 @@ class Scheduler:
     # ------------------------------------------------------------ removal
 
     def remove_job(self, func: bytes, name: bytes) -> None:
-        entry = self.jobs.get((func, name))
+        entry = self.entry(func, name)
         if entry is not None:
             self.counters["removed"] += 1
             self._delete(entry)
@@ -495,10 +502,9 @@ class Scheduler:
         fs = self.funcs.get(func)
         if fs is None or fs.workers:
             return False
-        for handle, entry in list(self.jobs.items()):
-            if handle[0] == func:
-                self._delete(entry)
-                self._notify(handle[0], handle[1], RESULT_REMOVED)
+        for entry in list(fs.jobs.values()):
+            self._delete(entry)
+            self._notify(func, entry.name, RESULT_REMOVED)
         del self.funcs[func]
         self.candidates.discard(func)
         self.changes.append(DeleteFunc(func))
@@ -506,9 +512,9 @@ class Scheduler:
 
     def _delete(self, entry: JobEntry) -> None:
         """Take a job out of every structure (queue, holders, locks)."""
-        fs = self.funcs[entry.job.func]
+        fs = self.funcs[entry.func]
         self._forget(entry, fs)
-        del self.jobs[(entry.job.func, entry.job.name)]
+        del fs.jobs[entry.name]
 
     def _forget(self, entry: JobEntry, fs: FuncState) -> None:
         self._release_locks(entry)
@@ -516,7 +522,6 @@ class Scheduler:
             self._drop_assignment(assignment)
         self._leave_state(entry, fs)
         entry.state = PENDING
-        fs.njobs -= 1
 
     def _leave_state(self, entry: JobEntry, fs: FuncState) -> None:
         """Undo the bookkeeping of the job's current state (before a new one)."""
@@ -554,12 +559,12 @@ class Scheduler:
 
         With a shared store, handing a job back (``release``) is written to
         the store so that other servers see it pending and our claim ends."""
-        fs = self.funcs[entry.job.func]
+        fs = self.funcs[entry.func]
         self._leave_state(entry, fs)
         entry.run_at = run_at
         self._enqueue(entry, fs)
         if release and self.shared:
-            self.changes.append(PutJob(entry.job))
+            self.changes.append(PutJob(entry.snapshot()))
 
     def _set_deadline(self, assignment: Assignment, deadline: float) -> None:
         if assignment.key is not None:
@@ -573,8 +578,10 @@ class Scheduler:
         entry = assignment.entry
         if assignment in entry.assignments:
             entry.assignments.remove(assignment)
+            if not entry.assignments:
+                entry.assignments = _NO_ASSIGNMENTS
         conn = assignment.conn
-        handle = (entry.job.func, entry.job.name)
+        handle = (entry.func, entry.name)
         if conn.held.get(handle) is assignment:
             del conn.held[handle]
         if conn.open.get(assignment.msgid) is assignment:
@@ -630,7 +637,7 @@ class Scheduler:
 
     def _expire_waiters(self, handle: Handle) -> None:
         """A RUN_JOB / RECV_DATA wait ran out: the job is deleted (``expired``)."""
-        entry = self.jobs.get(handle)
+        entry = self.entry(*handle)
         if entry is not None:
             self.counters["expired"] += 1
             self._delete(entry)
@@ -641,7 +648,7 @@ class Scheduler:
 
     def _hold_elsewhere(self, entry: JobEntry, lease_until: float) -> None:
         """Another server holds the job until ``lease_until``."""
-        fs = self.funcs[entry.job.func]
+        fs = self.funcs[entry.func]
         for assignment in list(entry.assignments):
             self._drop_assignment(assignment)
         self._leave_state(entry, fs)
@@ -658,11 +665,11 @@ class Scheduler:
         conn = assignment.conn
         self._drop_assignment(assignment)
         self.add_slot(conn, assignment.msgid)
-        if entry.assignments or self.jobs.get((entry.job.func, entry.job.name)) is not entry:
+        if entry.assignments or self.entry(entry.func, entry.name) is not entry:
             return
         if lease_until is None:
             self._delete(entry)
-            self._notify(entry.job.func, entry.job.name, RESULT_REMOVED)
+            self._notify(entry.func, entry.name, RESULT_REMOVED)
         else:
             self._hold_elsewhere(entry, lease_until)
 
@@ -671,7 +678,7 @@ class Scheduler:
         for change in changes:
             if isinstance(change, RemoteJob):
                 job = change.job
-                entry = self.jobs.get((job.func, job.name))
+                entry = self.entry(job.func, job.name)
                 if entry is not None and entry.state is RUNNING:
                     continue  # we hold it; our claim stands until we report
                 entry = self._put(job, now)
@@ -679,19 +686,20 @@ class Scheduler:
                 if change.lease_until is not None and change.lease_until > now:
                     self._hold_elsewhere(entry, change.lease_until)
             elif isinstance(change, RemoteDelete):
-                entry = self.jobs.get((change.func, change.name))
+                entry = self.entry(change.func, change.name)
                 if entry is not None:
                     self._delete(entry)
                 # fix over the reference: a waiter here learns the job ended
                 # elsewhere instead of waiting until it expires.
                 self._notify(change.func, change.name, RESULT_REMOVED)
             elif isinstance(change, RemoteDropFunc):
-                for handle, entry in list(self.jobs.items()):
-                    if handle[0] == change.func:
-                        self._delete(entry)
-                        self._notify(handle[0], handle[1], RESULT_REMOVED)
                 fs = self.funcs.get(change.func)
-                if fs is not None and not fs.workers:
+                if fs is None:
+                    continue
+                for entry in list(fs.jobs.values()):
+                    self._delete(entry)
+                    self._notify(change.func, entry.name, RESULT_REMOVED)
+                if not fs.workers:
                     del self.funcs[change.func]
             elif isinstance(change, RemoteConfig) and change.key in self.config:
                 self.config[change.key] = change.value
@@ -700,7 +708,7 @@ class Scheduler:
 
     def acquire(self, lock_name: bytes, count: int, func: bytes, name: bytes) -> bool:
         handle = (func, name)
-        entry = self.jobs.get(handle)
+        entry = self.entry(*handle)
         if entry is None or entry.state is not RUNNING:
             return True
         lock = self.locks.get(lock_name)
@@ -733,7 +741,7 @@ class Scheduler:
         lock = self.locks.get(lock_name)
         if lock is None:
             return
-        entry = self.jobs.get(handle)
+        entry = self.entry(*handle)
         if entry is not None and lock_name in entry.locks:
             entry.locks.discard(lock_name)
         if handle in lock.holders:
@@ -751,7 +759,7 @@ class Scheduler:
         promoted job keeps its place in time: it was due when it was parked."""
         while lock.waiters and len(lock.holders) < lock.capacity:
             handle = lock.waiters.pop(0)
-            entry = self.jobs.get(handle)
+            entry = self.entry(*handle)
             if entry is None or entry.state is not LOCKED:
                 continue  # gone meanwhile: the place goes to the next one
             lock.holders.add(handle)
@@ -760,7 +768,7 @@ class Scheduler:
     def _release_locks(self, entry: JobEntry) -> None:
         if not entry.locks:
             return
-        handle = (entry.job.func, entry.job.name)
+        handle = (entry.func, entry.name)
         for lock_name in list(entry.locks):
             lock = self.locks.get(lock_name)
             if lock is None:
@@ -782,9 +790,9 @@ class Scheduler:
         rows = []
         for name in sorted(self.funcs):
             fs = self.funcs[name]
-            schedat = fs.queue[0][2].job.sched_at if fs.queue else int(now)
+            schedat = fs.queue[0][2].sched_at if fs.queue else int(now)
             rows.append(
-                StatusRow(name, len(fs.workers), fs.njobs, fs.nrunning, fs.nlocked, schedat)
+                StatusRow(name, len(fs.workers), len(fs.jobs), fs.nrunning, fs.nlocked, schedat)
             )
         return rows
 
@@ -792,8 +800,8 @@ class Scheduler:
         """STATUS text: ``func,workers,jobs,processing,locked,schedat`` lines."""
         return b"\n".join(b"%s,%d,%d,%d,%d,%d" % row for row in self.status_rows(now))
 
-    def dump(self) -> list[Job]:
-        return [entry.job for entry in self.jobs.values()]
+    def dump(self) -> list[JobEntry]:
+        return [entry for fs in self.funcs.values() for entry in fs.jobs.values()]
 
     def load(self, jobs: Iterable[Job], now: float) -> None:
         for job in jobs:

@@ -32,31 +32,56 @@ LOCKED = JobState.LOCKED
 ELSEWHERE = JobState.ELSEWHERE
 
 
-_NO_LOCKS: set[bytes] = set()  # never mutated: entries get their own set on first lock
+# Shared empty containers, never mutated: an entry gets its own on first use.
+_NO_LOCKS: set[bytes] = set()
+_NO_ASSIGNMENTS: list[Assignment] = []
 
 
-class JobEntry:
-    """One stored job.  ``job.sched_at`` is the whole-second value clients see;
-    ``run_at`` is the precise time it becomes due (sub-second precision is kept
-    inside so that a delay of 1 s means 1 s)."""
+class JobEntry(Job):
+    """One stored job: the job's own fields plus the scheduler's bookkeeping.
 
-    __slots__ = ("assignments", "job", "key", "lease", "locks", "run_at", "state")
+    It *is* a ``Job`` (so DUMP and JOB_ASSIGN encode it directly) to save an
+    object per job: with a million pending jobs every field counts.
+    ``sched_at`` is the whole-second value clients see; ``run_at`` is the
+    precise time it becomes due (sub-second precision is kept inside so that a
+    delay of 1 s means 1 s)."""
 
-    def __init__(self, job: Job, run_at: float) -> None:
-        self.job = job
+    __slots__ = ("assignments", "key", "lease", "locks", "run_at", "state")
+
+    def __init__(
+        self,
+        func: bytes,
+        name: bytes,
+        workload: bytes,
+        sched_at: int,
+        count: int,
+        timeout: int,
+        run_at: float,
+    ) -> None:
+        self.func = func
+        self.name = name
+        self.workload = workload
+        self.sched_at = sched_at
+        self.count = count
+        self.timeout = timeout
         self.run_at = run_at
         self.state = PENDING
         # (run_at, seq, self) while queued in its function's SortedList.
         self.key: tuple[float, int, JobEntry] | None = None
         # (lease_until, seq, self) while another server holds the job.
         self.lease: tuple[float, int, JobEntry] | None = None
-        # The workers holding the job (more than one only for broadcast funcs).
-        self.assignments: list[Assignment] = []
+        # The workers holding the job (more than one only for broadcast funcs);
+        # a shared empty list until the first assignment.
+        self.assignments: list[Assignment] = _NO_ASSIGNMENTS
         # Lock names this job holds or waits for; shared empty set until used.
         self.locks: set[bytes] = _NO_LOCKS
 
+    def snapshot(self) -> Job:
+        """A plain Job with the current fields (for the store's write-ahead log)."""
+        return Job(self.func, self.name, self.workload, self.sched_at, self.count, self.timeout)
+
     def __repr__(self) -> str:
-        return f"<JobEntry {self.job.func!r}/{self.job.name!r} {self.state.name} at {self.run_at}>"
+        return f"<JobEntry {self.func!r}/{self.name!r} {self.state.name} at {self.run_at}>"
 
 
 class Assignment:
@@ -77,6 +102,8 @@ class Assignment:
 @dataclass(eq=False, slots=True)
 class FuncState:
     name: bytes
+    # Every stored job of the function, by name.
+    jobs: dict[bytes, JobEntry] = field(default_factory=dict)
     # Pending jobs ordered by (run_at, seq): FIFO among equal run times.
     queue: SortedList = field(default_factory=SortedList)
     workers: list[ConnState] = field(default_factory=list)
@@ -84,7 +111,6 @@ class FuncState:
     broadcast: bool = False
     # The earliest wake-up already asked for in Scheduler.timers (epoch seconds).
     timer_at: float = float("inf")
-    njobs: int = 0
     nrunning: int = 0
     nlocked: int = 0
 

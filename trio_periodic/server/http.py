@@ -226,7 +226,7 @@ class HttpApi:
         if not func or not name:
             raise HttpError(400, "job name or func is required")
         if form.get(b"act", [b""])[0].lower() == b"remove":
-            if (func, name) not in self.core.jobs:
+            if self.core.entry(func, name) is None:
                 raise HttpError(404, f"Job {_text(func)}:{_text(name)} not exists.")
             self.core.remove_job(func, name)
             await self._commit()
