@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 The reader receives whatever the socket has, lets the sans-I/O
 ``ServerConnection`` decode every complete frame in it, and runs the whole
-batch through the command table in one synchronous pass.  The batch's store
-changes are committed (group commit across connections happens inside the
-store) *before* any of its replies or effects leave, so nothing is
-acknowledged that a crash could lose.  Replies are queued on the
+batch through the command table in one synchronous pass.  Replies to commands
+that changed nothing durable leave at once; the batch's store changes are
+committed (group commit across connections happens inside the store)
+*before* any other reply or effect leaves, so nothing is acknowledged that a
+crash could lose.  Replies are queued on the
 connection's outbox; the writer task sends everything queued in one write.
 
 GRAB_JOB is special: its slot is armed only after the writer has sent the
@@ -173,6 +174,10 @@ class ServerSideConnection:
     async def _handle(self, events: list[object]) -> None:
         core = self.core
         now = self.service.clock.now()
+        durable = self.service.store.durable
+        # Replies to commands that changed nothing durable (PING, GRAB_JOB,
+        # STATUS...) go out at once; the others wait for the commit.
+        immediate: list[bytes] = []
         replies: list[tuple[int, bytes]] = []
         for event in events:
             if isinstance(event, Registered):
@@ -191,26 +196,31 @@ class ServerSideConnection:
                 and cmd != Cmd.UNKNOWN
             ):
                 # A client-role connection sent a worker command (C58).
-                replies.append((msgid, encode_raw_frame(msgid, Cmd.NO_WORKER)))
+                immediate.append(encode_raw_frame(msgid, Cmd.NO_WORKER))
                 continue
+            before = len(core.changes)
             reply = COMMANDS[type(packet)](self, msgid, packet, now)
             if reply is not None:
-                replies.append((msgid, reply))
+                if durable and len(core.changes) != before:
+                    replies.append((msgid, reply))
+                else:
+                    immediate.append(reply)
         effects, changes = self.service.finish_batch()
-        arms, self._batch_arms = self._batch_arms, []
+        for frame in immediate:
+            self.push_frame(frame)
+        self._arms.extend(self._batch_arms)
+        self._batch_arms = []
         if changes:
             try:
                 await self.service.commit(changes)
             except StoreError as exc:
-                # Nothing in this batch is acknowledged: the client sees the
-                # rejection and may retry.
+                # Nothing that needed the store is acknowledged: the client
+                # sees the rejection and may retry.
                 log.error("store commit failed, rejecting %d requests: %s", len(replies), exc)
                 replies = [(m, encode_raw_frame(m, Cmd.NO_WORKER)) for m, _ in replies]
-                arms = []
         await self.service.publish(effects)
         for _, frame in replies:
             self.push_frame(frame)
-        self._arms.extend(arms)
         if self._out_bytes > MAX_OUTBOX_BYTES:
             raise ConnectionLost(f"peer not reading ({self._out_bytes} bytes queued)")
 
