@@ -23,13 +23,17 @@ class RawConn:
 
     @classmethod
     async def open(
-        cls, address: str | tuple[str, int], kind: ClientType = ClientType.CLIENT
+        cls,
+        address: str | tuple[str, int],
+        kind: ClientType = ClientType.CLIENT,
+        name: bytes | None = None,
+        token: bytes | None = None,
     ) -> RawConn:
         if isinstance(address, tuple):
             stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
         else:
             stream = await trio.open_unix_socket(address)
-        proto = ClientConnection(Registration(kind))
+        proto = ClientConnection(Registration(kind, name, token))
         conn = cls(stream, proto)
         await stream.send_all(proto.initiate())
         with trio.fail_after(TIMEOUT):

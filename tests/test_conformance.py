@@ -1356,10 +1356,7 @@ async def test_c58_client_role_cannot_use_worker_commands(server: RunningServer)
         assert isinstance(await c.request(mid(), p.RunJob(Job(b"f", b"x"))), p.NoWorker)
 
 
-@pytest.mark.skip(reason="C59: --auth-file is not implemented yet")
-async def test_c59_auth_file() -> None:
-    """C59: with --auth-file, type-1 PING → NO_WORKER; type 3 identity gets PONG,
-    SUBMIT_JOB for an unlisted func → NO_WORKER, STATUS lists only its funcs."""
+# C59 (the auth file) is tested in tests/test_auth.py.
 
 
 async def test_c60_shutdown_in_process(server: RunningServer) -> None:

@@ -346,6 +346,7 @@ def serve(
     log: Annotated[str, Parameter(name="--log", env_var="PERIODIC_LOG")] = "INFO",
     http: Annotated[str | None, Parameter(name="--http", env_var="PERIODIC_HTTP")] = None,
     max_frame_size: Annotated[int | None, Parameter(name="--max-frame-size")] = None,
+    auth_file: Annotated[str | None, Parameter(name="--auth-file")] = None,
 ) -> Serve:
     """Run the server (the same as `periodicd`) on every -H given (default: unix + tcp:5000).
 
@@ -361,8 +362,10 @@ def serve(
         Default: 127.0.0.1:8080.
     max_frame_size
         Largest frame accepted, in bytes.
+    auth_file
+        The reference auth file: "ROLE NAME TOKEN FUNC,FUNC..." lines; reloaded when it changes.
     """
-    return Serve((), path, log, http, max_frame_size)
+    return Serve((), path, log, http, max_frame_size, auth_file)
 
 
 @app.command
@@ -600,6 +603,8 @@ def _serve(command: Serve) -> int:
         options["http"] = command.http
     if command.max_frame_size is not None:
         options["max_frame_size"] = command.max_frame_size
+    if command.auth_file is not None:
+        options["auth_file"] = command.auth_file
     return daemon.run(list(command.hosts) or None, command.path, **options)
 
 

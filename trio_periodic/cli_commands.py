@@ -135,6 +135,8 @@ class Serve:
     http: str | None = None
     #: Largest frame accepted (bytes); None for the daemon's default.
     max_frame_size: int | None = None
+    #: The reference auth file, or None.
+    auth_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -784,11 +784,14 @@ class Scheduler:
 
     # ------------------------------------------------------- status & admin
 
-    def status_rows(self, now: float) -> list[StatusRow]:
+    def status_rows(self, now: float, only: Collection[bytes] | None = None) -> list[StatusRow]:
         """Per function, sorted by name: workers, jobs, processing, locked and
-        the earliest pending sched_at (``now`` when nothing is pending)."""
+        the earliest pending sched_at (``now`` when nothing is pending).
+        ``only`` limits the rows to those functions."""
         rows = []
         for name in sorted(self.funcs):
+            if only is not None and name not in only:
+                continue
             fs = self.funcs[name]
             schedat = fs.queue[0][2].sched_at if fs.queue else int(now)
             rows.append(
@@ -796,9 +799,9 @@ class Scheduler:
             )
         return rows
 
-    def status(self, now: float) -> bytes:
+    def status(self, now: float, only: Collection[bytes] | None = None) -> bytes:
         """STATUS text: ``func,workers,jobs,processing,locked,schedat`` lines."""
-        return b"\n".join(b"%s,%d,%d,%d,%d,%d" % row for row in self.status_rows(now))
+        return b"\n".join(b"%s,%d,%d,%d,%d,%d" % row for row in self.status_rows(now, only))
 
     def dump(self) -> list[JobEntry]:
         return [entry for fs in self.funcs.values() for entry in fs.jobs.values()]

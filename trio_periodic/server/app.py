@@ -22,6 +22,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import Clock, SchedulerService
+from trio_periodic.server.auth import AuthFile
 from trio_periodic.server.connection import ServerSideConnection
 from trio_periodic.server.http import HTTP_PREFIXES, HttpApi
 from trio_periodic.store.base import Store
@@ -44,12 +45,15 @@ class Server:
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         http: str | None = None,
+        auth_file: str | None = None,
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
         self.max_frame_size = max_frame_size
         self.http_address = http
         self.http = HttpApi(self)
+        #: The auth file's rules, or None (raises AuthFileError when invalid).
+        self.auth = AuthFile(auth_file) if auth_file else None
         self.core = Scheduler()
         self.service: SchedulerService
         #: The addresses actually bound, as URLs (ports filled in), once started.
@@ -76,6 +80,8 @@ class Server:
             log.info("store %s: %d jobs restored", self.store.uri, len(state.jobs))
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.service.run)
+                if self.auth is not None:
+                    nursery.start_soon(self.auth.watch)
                 for url in self.urls:
                     await self._listen(nursery, url)
                 if self.http_address:

@@ -92,7 +92,9 @@ def recv_data(c: ServerSideConnection, msgid: int, pkt: p.RecvData, now: float) 
 
 
 def status(c: ServerSideConnection, msgid: int, pkt: p.Status, now: float) -> bytes:
-    return encode_raw_frame(msgid, Cmd.DATA, c.core.status(now))
+    identity = c.identity
+    funcs = identity.funcs if identity is not None and not identity.is_admin else None
+    return encode_raw_frame(msgid, Cmd.DATA, c.core.status(now, funcs))
 
 
 def drop_func(c: ServerSideConnection, msgid: int, pkt: p.DropFunc, now: float) -> bytes:

@@ -30,8 +30,10 @@ import trio
 from trio_periodic.protocol.connection import Registered, ServerConnection
 from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.errors import RemoteProtocolError
-from trio_periodic.protocol.frames import encode_raw_frame
+from trio_periodic.protocol.frames import Registration, encode_raw_frame
+from trio_periodic.protocol.packets import Packet
 from trio_periodic.scheduler.state import ConnState
+from trio_periodic.server.auth import FUNC_CHECKED, Identity, packet_funcs
 from trio_periodic.server.commands import CLIENT_COMMANDS, COMMANDS, SERVER_ONLY
 from trio_periodic.store.base import StoreError
 from trio_periodic.transport.streams import ConnectionLost, FrameStream
@@ -53,6 +55,9 @@ class ServerSideConnection:
         self.stream = stream
         self.proto = ServerConnection(max_frame_size=server.max_frame_size)
         self._state: ConnState | None = None
+        self.registration: Registration | None = None
+        #: With an auth file: the identity of the last command (STATUS filters by it).
+        self.identity: Identity | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._arms: list[int] = []
@@ -184,18 +189,12 @@ class ServerSideConnection:
                 if self._state is not None:
                     raise RemoteProtocolError("second registration frame")
                 reg = event.registration
+                self.registration = reg
                 self._state = core.connect(reg.is_worker, sink=self)
                 self.push_frame(self.proto.accept(self.server.new_conn_id()))
                 continue
             msgid, packet = event.msgid, event.packet  # type: ignore[attr-defined]
-            cmd = packet.cmd
-            if (
-                not self.state.is_worker
-                and cmd not in CLIENT_COMMANDS
-                and cmd not in SERVER_ONLY
-                and cmd != Cmd.UNKNOWN
-            ):
-                # A client-role connection sent a worker command (C58).
+            if not self._allowed(packet):
                 immediate.append(encode_raw_frame(msgid, Cmd.NO_WORKER))
                 continue
             before = len(core.changes)
@@ -223,6 +222,24 @@ class ServerSideConnection:
             self.push_frame(frame)
         if self._out_bytes > MAX_OUTBOX_BYTES:
             raise ConnectionLost(f"peer not reading ({self._out_bytes} bytes queued)")
+
+    def _allowed(self, packet: Packet) -> bool:
+        """Role and auth checks (PROTOCOL.md §13.3), in the reference's order."""
+        cmd = packet.cmd
+        if cmd in SERVER_ONLY:
+            return True  # ignored anyway
+        # A client-role connection may not use worker commands (C58).
+        role_ok = self.state.is_worker or cmd in CLIENT_COMMANDS or cmd == Cmd.UNKNOWN
+        auth = self.server.auth
+        if auth is None:
+            return role_ok
+        identity = auth.identify(self.registration)
+        self.identity = identity
+        if identity is None:
+            return False
+        if identity.is_admin:
+            return True
+        return role_ok and (cmd not in FUNC_CHECKED or packet_funcs(packet) <= identity.funcs)
 
     async def _write_loop(self) -> None:
         while True:

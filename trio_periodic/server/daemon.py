@@ -18,6 +18,7 @@ from cyclopts import Parameter
 
 from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from trio_periodic.server.app import Server
+from trio_periodic.server.auth import AuthFileError
 from trio_periodic.store.base import StoreError
 from trio_periodic.transport.listeners import ListenError
 
@@ -38,11 +39,12 @@ async def serve(
     path: str,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     http: str | None = DEFAULT_HTTP,
+    auth_file: str | None = None,
 ) -> None:
     from trio_periodic.store.uri import open_store
 
     store = open_store(path)
-    server = Server(store, hosts, max_frame_size=max_frame_size, http=http)
+    server = Server(store, hosts, max_frame_size=max_frame_size, http=http, auth_file=auth_file)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, server)
         await server.run()
@@ -70,6 +72,7 @@ def run(
     log_level: str = "INFO",
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     http: str | None = DEFAULT_HTTP,
+    auth_file: str | None = None,
 ) -> int:
     """Run the daemon until shutdown; return the process exit status."""
     configure_logging(log_level)
@@ -77,9 +80,14 @@ def run(
         http = None
     try:
         trio.run(
-            serve, list(hosts or DEFAULT_HOSTS), path or default_store_uri(), max_frame_size, http
+            serve,
+            list(hosts or DEFAULT_HOSTS),
+            path or default_store_uri(),
+            max_frame_size,
+            http,
+            auth_file,
         )
-    except (StoreError, ListenError) as exc:
+    except (StoreError, ListenError, AuthFileError) as exc:
         print(f"periodicd: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -98,6 +106,7 @@ def periodicd(
     log_level: Annotated[str, Parameter(name="--log", env_var="PERIODIC_LOG")] = "INFO",
     max_frame_size: Annotated[int, Parameter(name="--max-frame-size")] = DEFAULT_MAX_FRAME_SIZE,
     http: Annotated[str, Parameter(name="--http", env_var="PERIODIC_HTTP")] = DEFAULT_HTTP,
+    auth_file: Annotated[str | None, Parameter(name="--auth-file")] = None,
 ) -> int:
     """Serve Periodic clients and workers.
 
@@ -115,8 +124,10 @@ def periodicd(
         Largest frame accepted, in bytes; a longer length field closes that connection.
     http
         HTTP API address HOST:PORT (curl interface, /metrics, /dashboard), or "off".
+    auth_file
+        The reference auth file: "ROLE NAME TOKEN FUNC,FUNC..." lines; reloaded when it changes.
     """
-    return run(host, path, log_level, max_frame_size, http)
+    return run(host, path, log_level, max_frame_size, http, auth_file)
 
 
 def main() -> None:
