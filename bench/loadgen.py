@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import selectors
+import resource
+import select
 import signal
 import socket
 import time
@@ -64,16 +65,29 @@ class RoleResult:
     def wall(self) -> float:
         return max(self.t_end - self.t_start, 1e-9)
 
+    @property
+    def util(self) -> float:
+        """CPU seconds per wall second while the role was measuring (1.0 = one core busy)."""
+        return self.cpu / max(float(self.extra.get("cpu_wall", self.wall)), 1e-9)
+
 
 class _Clock:
+    """Wall and CPU time of this process from the go signal (CPU: user + system, ns clock)."""
+
     def __init__(self) -> None:
         self.t0 = time.monotonic()
         self.c0 = time.process_time()
+        self.r0 = resource.getrusage(resource.RUSAGE_SELF)
 
     def finish(self, res: RoleResult, t_end: float | None = None) -> RoleResult:
+        cpu = time.process_time() - self.c0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         res.t_start = self.t0
         res.t_end = time.monotonic() if t_end is None else t_end
-        res.cpu = time.process_time() - self.c0
+        res.cpu = cpu
+        res.extra["cpu_user"] = r1.ru_utime - self.r0.ru_utime
+        res.extra["cpu_sys"] = r1.ru_stime - self.r0.ru_stime
+        res.extra["cpu_wall"] = time.monotonic() - self.t0
         return res
 
 
@@ -83,7 +97,7 @@ class Sync:
 
     ready: Any
     go: Any
-    done: Any  # shared job counter (multiprocessing.Value), used by worker roles
+    done: Any  # per-role job counters (multiprocessing.RawArray), used by worker roles
 
     def wait_go(self, timeout: float = 60.0) -> None:
         self.ready.put(os.getpid())
@@ -109,7 +123,9 @@ def role_submit(
     adapter = adapter_for(target.kind)
     sock = connect(target.host, target.port)
     adapter.client_handshake(sock)
-    reqs = [adapter.submit(i + 1, JobSpec(func, job_name(prefix, i), WORKLOAD, due)) for i in range(n)]
+    reqs = [
+        adapter.submit(i + 1, JobSpec(func, job_name(prefix, i), WORKLOAD, due)) for i in range(n)
+    ]
     chunk = max(1, min(chunk, window))
     chunks = [b"".join(reqs[i : i + chunk]) for i in range(0, n, chunk)]
     del reqs
@@ -151,30 +167,28 @@ def role_submit(
 
 
 class _WorkerConns:
-    """Several worker connections served by one selector loop."""
+    """Several worker connections served by one epoll loop (cheaper than ``selectors``)."""
 
     def __init__(self, target: Target, func: bytes, conns: int, slots: int) -> None:
         adapter = adapter_for(target.kind)
-        self.sel = selectors.DefaultSelector()
-        self.items: list[tuple[socket.socket, Worker, bytearray]] = []
+        self.poll = select.epoll()
+        self.items: dict[int, tuple[socket.socket, Worker, bytearray]] = {}
         for _ in range(conns):
             sock = connect(target.host, target.port)
             worker = adapter.worker(func, slots)
             worker.handshake(sock)
             sock.setblocking(False)
-            item = (sock, worker, bytearray())
-            self.items.append(item)
-            self.sel.register(sock, selectors.EVENT_READ, item)
+            self.items[sock.fileno()] = (sock, worker, bytearray())
+            self.poll.register(sock.fileno(), select.EPOLLIN)
 
     def start(self) -> None:
-        for sock, worker, _ in self.items:
+        for sock, worker, _ in self.items.values():
             _send_all(sock, worker.start())
 
     def close(self) -> None:
-        for sock, _, _ in self.items:
-            self.sel.unregister(sock)
+        for sock, _, _ in self.items.values():
             sock.close()
-        self.sel.close()
+        self.poll.close()
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
@@ -183,7 +197,7 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         try:
             sent = sock.send(view)
         except BlockingIOError:
-            selectors.select.select([], [sock], [], 1.0)
+            select.select([], [sock], [], 1.0)
             continue
         view = view[sent:]
 
@@ -196,10 +210,13 @@ def role_workers(
     slots: int,
     total: int,
     deadline_s: float,
+    slot: int = 0,
 ) -> RoleResult:
     """Process jobs on ``conns`` connections until ``total`` jobs are done by all worker roles
-    together (shared counter) or the deadline passes.  t_end = time of the last job done here."""
+    together or the deadline passes.  Each worker role publishes its count in its own
+    ``sync.done[slot]`` (single writer, no lock).  t_end = time of the last job done here."""
     ws = _WorkerConns(target, func, conns, slots)
+    items = ws.items
     res = RoleResult("workers")
     sync.wait_go()
     clock = _Clock()
@@ -207,10 +224,12 @@ def role_workers(
     deadline = clock.t0 + deadline_s
     done = 0
     last = clock.t0
-    counter = sync.done
-    while time.monotonic() < deadline:
-        for key, _ in ws.sel.select(0.05):
-            sock, worker, buf = key.data
+    counts = sync.done
+    poll = ws.poll.poll
+    monotonic = time.monotonic
+    while True:
+        for fd, _ in poll(0.05):
+            sock, worker, buf = items[fd]
             data = sock.recv(RECV)
             if not data:
                 raise ConnectionError("server closed a worker connection")
@@ -221,10 +240,9 @@ def role_workers(
                 _send_all(sock, out)
             if names:
                 done += len(names)
-                last = time.monotonic()
-                with counter.get_lock():
-                    counter.value += len(names)
-        if counter.value >= total:
+                last = monotonic()
+                counts[slot] = done
+        if sum(counts) >= total or monotonic() > deadline:
             break
     res.count = done
     clock.finish(res, t_end=last)
@@ -247,23 +265,38 @@ def role_timed(
     rate: float = 0.0,
     dues: list[int] | None = None,
     start_at: float = 0.0,
+    window: int = 1000,
 ) -> RoleResult:
     """One process: a submitting connection plus ``conns`` idle workers.
 
     With ``rate`` > 0 jobs are sent one by one at that rate and each job's dispatch latency
-    (submit sent → assignment received, monotonic ns) is recorded.  With ``dues`` all jobs are
-    sent at once at wall time ``start_at`` with those due times, and each job's receive time
-    (wall ns) is recorded with its send time, for lateness."""
+    (submit sent → assignment received, monotonic ns) is recorded.  With ``dues`` the jobs are
+    sent as fast as the server takes them (``window`` outstanding) from wall time ``start_at``
+    with those due times, and each job's send, acknowledgement and receive times (wall ns) are
+    recorded, for lateness.  Acknowledgements are matched to jobs in order, which holds for the
+    protocols with relative due times (beanstalkd)."""
     adapter = adapter_for(target.kind)
     ws = _WorkerConns(target, func, conns, slots)
     sub = connect(target.host, target.port)
     adapter.client_handshake(sub)
     sub.setblocking(False)
-    ws.sel.register(sub, selectors.EVENT_READ, None)
+    sub_fd = sub.fileno()
+    ws.poll.register(sub_fd, select.EPOLLIN)
     names = [job_name(prefix, i) for i in range(n)]
     index = {name: i for i, name in enumerate(names)}
     sent_ns = array("q", [0]) * n
+    ack_ns = array("q", [0]) * n
     recv_ns = array("q", [0]) * n
+    batches: list[tuple[int, int, bytes]] = []
+    if dues is not None:
+        step = max(1, min(100, window))
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            reqs = (
+                adapter.submit(i + 1, JobSpec(func, names[i], WORKLOAD, dues[i]))
+                for i in range(lo, hi)
+            )
+            batches.append((lo, hi, b"".join(reqs)))
     res = RoleResult("timed")
     sync.wait_go()
     ws.start()
@@ -275,20 +308,9 @@ def role_timed(
     sub_buf = bytearray()
     acked = got = nsent = 0
     clock_ns = time.monotonic_ns if dues is None else time.time_ns
-    if dues is not None:
-        batch = 500
-        for lo in range(0, n, batch):
-            hi = min(n, lo + batch)
-            data = b"".join(
-                adapter.submit(i + 1, JobSpec(func, names[i], WORKLOAD, dues[i])) for i in range(lo, hi)
-            )
-            now = clock_ns()
-            _send_all(sub, data)
-            for i in range(lo, hi):
-                sent_ns[i] = now
-        nsent = n
     interval = 1.0 / rate if rate > 0 else 0.0
     next_send = time.monotonic()
+    bi = 0
     while got < n:
         now = time.monotonic()
         if now > deadline:
@@ -301,19 +323,33 @@ def role_timed(
             next_send += interval
             if next_send < now - 0.05:  # fell far behind: do not burst to catch up
                 next_send = now
-        timeout = max(0.0, next_send - time.monotonic()) if rate > 0 and nsent < n else 0.05
-        for key, _ in ws.sel.select(timeout):
-            if key.data is None:
+        while bi < len(batches) and nsent - acked - res.errors < window:
+            lo, hi, data = batches[bi]
+            sent_at = clock_ns()
+            _send_all(sub, data)
+            for i in range(lo, hi):
+                sent_ns[i] = sent_at
+            nsent = hi
+            bi += 1
+        if rate > 0 and nsent < n:
+            timeout = max(0.0, next_send - time.monotonic())
+        else:
+            timeout = 0.0 if bi < len(batches) else 0.05
+        for fd, _ in ws.poll.poll(timeout):
+            if fd == sub_fd:
                 data = sub.recv(RECV)
+                stamp = clock_ns()
                 if not data:
                     raise ConnectionError("server closed the client connection")
                 sub_buf += data
                 ok, err, used = adapter.count_replies(sub_buf)
+                for i in range(acked + res.errors, min(n, acked + res.errors + ok + err)):
+                    ack_ns[i] = stamp
                 acked += ok
                 res.errors += err
                 del sub_buf[:used]
                 continue
-            sock, worker, buf = key.data
+            sock, worker, buf = ws.items[fd]
             data = sock.recv(RECV)
             stamp = clock_ns()
             if not data:
@@ -324,12 +360,12 @@ def role_timed(
             if out:
                 _send_all(sock, out)
             for name in got_names:
-                i = index.get(name)
-                if i is not None and recv_ns[i] == 0:
-                    recv_ns[i] = stamp
+                idx = index.get(name)
+                if idx is not None and recv_ns[idx] == 0:
+                    recv_ns[idx] = stamp
                     got += 1
     res.count = got
-    res.extra.update(sent=nsent, acked=acked, sent_ns=sent_ns, recv_ns=recv_ns)
+    res.extra.update(sent=nsent, acked=acked, sent_ns=sent_ns, ack_ns=ack_ns, recv_ns=recv_ns)
     clock.finish(res)
     sub.close()
     ws.close()
@@ -374,8 +410,10 @@ def run_roles(roles: list[Role], timeout: float) -> list[RoleResult]:
     Children are stopped by PID if they are still alive when this returns."""
     ctx = _context()
     ready, results = ctx.Queue(), ctx.Queue()
-    sync = Sync(ready=ready, go=ctx.Event(), done=ctx.Value("q", 0))
-    procs = [ctx.Process(target=_child, args=(r.fn, r.kwargs, sync, results), daemon=True) for r in roles]
+    sync = Sync(ready=ready, go=ctx.Event(), done=ctx.RawArray("q", len(roles)))
+    procs = [
+        ctx.Process(target=_child, args=(r.fn, r.kwargs, sync, results), daemon=True) for r in roles
+    ]
     out: list[RoleResult] = []
     try:
         for p in procs:
@@ -410,7 +448,9 @@ def run_roles(roles: list[Role], timeout: float) -> list[RoleResult]:
         return out
     finally:
         for p in procs:
+            if p.pid is None:  # never started
+                continue
             p.join(timeout=2.0)
-            if p.is_alive() and p.pid is not None:
+            if p.is_alive():
                 os.kill(p.pid, signal.SIGKILL)
                 p.join(timeout=2.0)

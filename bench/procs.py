@@ -31,8 +31,11 @@ def free_port() -> int:
 
 def find_binary(name: str) -> str | None:
     return shutil.which(name) or next(
-        (str(p) for d in ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
-         if (p := Path(d) / name).exists()),
+        (
+            str(p)
+            for d in ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+            if (p := Path(d) / name).exists()
+        ),
         None,
     )
 
@@ -115,7 +118,9 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
                 return
         except OSError:
             if time.monotonic() > end:
-                raise TimeoutError(f"nothing listening on {HOST}:{port} after {timeout:.0f}s") from None
+                raise TimeoutError(
+                    f"nothing listening on {HOST}:{port} after {timeout:.0f}s"
+                ) from None
             time.sleep(0.01)
 
 
@@ -136,15 +141,27 @@ class Server:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, ready_timeout: float = 30.0) -> None:
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to listen."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        """Start the process and wait until its port accepts connections."""
+        self.spawn()
+        assert self.proc is not None
         try:
             wait_port(self.port, self.proc, ready_timeout)
         except BaseException:

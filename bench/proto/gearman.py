@@ -1,4 +1,6 @@
-"""gearman's binary protocol: SUBMIT_JOB_BG, CAN_DO, GRAB_JOB_UNIQ, WORK_COMPLETE, PRE_SLEEP/NOOP."""
+"""gearman's binary protocol.
+
+SUBMIT_JOB_BG, CAN_DO, GRAB_JOB_UNIQ, WORK_COMPLETE, PRE_SLEEP / NOOP."""
 
 from __future__ import annotations
 

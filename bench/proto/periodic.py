@@ -256,7 +256,9 @@ class PeriodicWorker:
                 out.append(self._assigned[msgid])
                 if complete:
                     self._done_id = (self._done_id + 1) & 0xFFFFFFF
-                    out.append(frame(self._done_id, WORK_DONE, bytes(buf[i + 17 : nstart + 1 + nlen])))
+                    out.append(
+                        frame(self._done_id, WORK_DONE, bytes(buf[i + 17 : nstart + 1 + nlen]))
+                    )
                 out.append(self._grab[msgid])
             i = end
         return names, b"".join(out), i

@@ -1,0 +1,507 @@
+"""The scenarios.  Each measures one server that the runner started fresh for it (restart
+starts its own) and returns an :class:`Outcome`: metrics, generator and server CPU, samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import probes
+from bench.loadgen import (
+    Role,
+    RoleResult,
+    Target,
+    adapter_for,
+    role_submit,
+    role_timed,
+    role_workers,
+    run_roles,
+)
+from bench.params import Params
+from bench.procs import HOST, Server, cpu_seconds, rss_bytes
+from bench.servers import ServerSpec
+from bench.stats import percentile
+
+GRACE = 60.0  # on top of a scenario's own deadline before the generator is declared stuck
+
+
+@dataclass
+class Outcome:
+    metrics: dict[str, float]
+    gen: list[dict[str, float | str]] = field(default_factory=list)
+    server_util: float = float("nan")
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    metrics: tuple[Metric, ...]
+    headline: tuple[str, ...]  # metric keys that get ours/peer ratios
+    run: Callable[..., Outcome] | None  # (spec, server, target, params, tag) -> Outcome
+    applies: Callable[[ServerSpec], str | None]  # None, or why it does not apply
+
+
+def _gen(results: list[RoleResult]) -> list[dict[str, float | str]]:
+    return [
+        {
+            "role": r.role,
+            "cpu_s": round(r.cpu, 4),
+            "wall_s": round(float(r.extra.get("cpu_wall", r.wall)), 4),
+            "util": round(r.util, 3),
+        }
+        for r in results
+    ]
+
+
+def _measure(server: Server, roles: list[Role], timeout: float) -> tuple[list[RoleResult], float]:
+    """Run the roles; return their results and the server's CPU use per wall second."""
+    c0 = cpu_seconds(server.pid)
+    results = run_roles(roles, timeout)
+    c1 = cpu_seconds(server.pid)
+    span = max(float(r.extra.get("cpu_wall", r.wall)) for r in results)
+    return results, (c1 - c0) / max(span, 1e-9)
+
+
+def _slots(spec: ServerSpec, p: Params) -> int:
+    return p.slots_ours if spec.ours else p.slots_peer
+
+
+# ------------------------------------------------------------------------------ submit
+
+
+def submit_pipelined(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    procs = max(1, p.submit_procs)
+    roles = [
+        Role(
+            role_submit,
+            dict(
+                target=t,
+                func=tag.encode(),
+                prefix=f"p{k}",
+                n=p.submit_n // procs,
+                window=p.window,
+                deadline_s=p.submit_s,
+            ),
+        )
+        for k in range(procs)
+    ]
+    results, util = _measure(server, roles, p.submit_s + GRACE)
+    count = sum(r.count for r in results)
+    errors = sum(r.errors for r in results)
+    span = max(r.t_end for r in results) - min(r.t_start for r in results)
+    out = Outcome(
+        {"jobs_per_s": count / span, "jobs": count, "rejected": errors}, _gen(results), util
+    )
+    if errors:
+        out.notes.append(f"{errors} submits rejected")
+    return out
+
+
+def submit_sync(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    role = Role(
+        role_submit,
+        dict(target=t, func=tag.encode(), prefix="s", n=p.sync_n, window=1, deadline_s=p.sync_s),
+    )
+    (r,), util = _measure(server, [role], p.sync_s + GRACE)
+    rate = r.count / r.wall
+    return Outcome(
+        {"jobs_per_s": rate, "rtt_us": 1e6 / rate if rate else float("nan"), "jobs": r.count},
+        _gen([r]),
+        util,
+    )
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    func = tag.encode()
+    procs = max(1, min(p.worker_procs, p.workers))
+    split = [p.workers // procs + (1 if k < p.workers % procs else 0) for k in range(procs)]
+    roles = [
+        Role(
+            role_submit,
+            dict(target=t, func=func, prefix="e", n=p.e2e_n, window=p.window, deadline_s=p.e2e_s),
+        )
+    ]
+    roles += [
+        Role(
+            role_workers,
+            dict(
+                target=t,
+                func=func,
+                conns=c,
+                slots=_slots(spec, p),
+                total=p.e2e_n,
+                deadline_s=p.e2e_s,
+                slot=k + 1,
+            ),
+        )
+        for k, c in enumerate(split)
+    ]
+    results, util = _measure(server, roles, p.e2e_s + GRACE)
+    sub = next(r for r in results if r.role == "submit")
+    workers = [r for r in results if r.role == "workers"]
+    done = sum(r.count for r in workers)
+    span = max(r.t_end for r in workers) - sub.t_start
+    out = Outcome(
+        {"jobs_per_s": done / span if span > 0 else float("nan"), "jobs": done, "seconds": span},
+        _gen(results),
+        util,
+    )
+    if done < p.e2e_n:
+        out.notes.append(f"only {done} of {p.e2e_n} jobs done within {p.e2e_s:.0f}s")
+    return out
+
+
+# ------------------------------------------------------------------------------ latency
+
+
+def dispatch_latency(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    n = int(p.latency_rate * p.latency_s)
+    role = Role(
+        role_timed,
+        dict(
+            target=t,
+            func=tag.encode(),
+            prefix="l",
+            n=n,
+            conns=p.workers,
+            slots=_slots(spec, p),
+            deadline_s=p.latency_s + p.slack_s,
+            rate=p.latency_rate,
+        ),
+    )
+    (r,), util = _measure(server, [role], p.latency_s + p.slack_s + GRACE)
+    sent, recv = r.extra["sent_ns"], r.extra["recv_ns"]
+    lat = sorted((b - a) / 1000.0 for a, b in zip(sent, recv, strict=True) if a and b)
+    lost = r.extra["sent"] - len(lat)
+    out = Outcome(
+        {
+            "p50_us": percentile(lat, 50),
+            "p99_us": percentile(lat, 99),
+            "p999_us": percentile(lat, 99.9),
+            "max_us": lat[-1] if lat else float("nan"),
+            "mean_us": sum(lat) / len(lat) if lat else float("nan"),
+            "samples": len(lat),
+            "lost": lost,
+        },
+        _gen([r]),
+        util,
+        samples={"latency_us": lat},
+    )
+    if lost:
+        out.notes.append(f"{lost} jobs not dispatched within the deadline")
+    return out
+
+
+# ------------------------------------------------------------------------------ lateness
+
+
+def due_lateness(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    absolute = adapter_for(spec.kind).due_is_absolute
+    n, spread = p.lateness_n, p.lateness_spread
+    base = int(time.time()) + 2  # whole second at which all jobs are sent
+    # contiguous groups: a relative-delay protocol (beanstalkd) then gets its jobs of one due
+    # second in one tight burst of puts too, like the single due instant of Periodic
+    groups = [i * spread // n for i in range(n)]
+    dues = [base + 1 + g for g in groups] if absolute else [1 + g for g in groups]
+    deadline = 2.0 + spread + p.slack_s
+    role = Role(
+        role_timed,
+        dict(
+            target=t,
+            func=tag.encode(),
+            prefix="d",
+            n=n,
+            conns=p.workers,
+            slots=_slots(spec, p),
+            deadline_s=deadline,
+            dues=dues,
+            start_at=base + 0.002,
+        ),
+    )
+    (r,), util = _measure(server, [role], deadline + GRACE)
+    sent, acks, recv = r.extra["sent_ns"], r.extra["ack_ns"], r.extra["recv_ns"]
+    late: list[float] = []
+    per_group: dict[int, list[float]] = {}
+    for i in range(n):
+        if not recv[i]:
+            continue
+        # a relative delay starts when the server takes the put, just before it answers
+        start = 0 if absolute else (acks[i] or sent[i])
+        due_ns = start + dues[i] * 1_000_000_000
+        ms = (recv[i] - due_ns) / 1e6
+        late.append(ms)
+        per_group.setdefault(groups[i], []).append(ms)
+    late.sort()
+    first = sorted(min(v) for v in per_group.values())
+    drain = sorted(max(v) - min(v) for v in per_group.values())
+    out = Outcome(
+        {
+            "p50_ms": percentile(late, 50),
+            "p99_ms": percentile(late, 99),
+            "max_ms": late[-1] if late else float("nan"),
+            "first_ms": percentile(first, 50),
+            "drain_ms": percentile(drain, 50),
+            "early": sum(1 for x in late if x < 0),
+            "jobs": len(late),
+            "lost": n - len(late),
+        },
+        _gen([r]),
+        util,
+        samples={"lateness_ms": late},
+    )
+    if n - len(late):
+        out.notes.append(f"{n - len(late)} jobs never assigned")
+    return out
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def _fill(
+    server: Server, t: Target, func: bytes, n: int, seconds: float, window: int
+) -> RoleResult:
+    role = Role(
+        role_submit,
+        dict(target=t, func=func, prefix="m", n=n, window=window, deadline_s=seconds, chunk=500),
+    )
+    (r,), _ = _measure(server, [role], seconds + GRACE + n / 20_000)
+    return r
+
+
+def memory(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    probes.wait_ping(spec.kind, server.port, 10.0)
+    time.sleep(0.3)
+    before = rss_bytes(server.pid)
+    r = _fill(server, t, tag.encode(), p.memory_n, p.memory_s, max(p.window, 4000))
+    time.sleep(0.5)  # let asynchronous stores settle
+    probes.wait_ping(spec.kind, server.port, 30.0)
+    after = rss_bytes(server.pid)
+    jobs = r.count
+    out = Outcome(
+        {
+            "bytes_per_job": (after - before) / jobs if jobs else float("nan"),
+            "rss_before_mb": before / 2**20,
+            "rss_after_mb": after / 2**20,
+            "jobs": jobs,
+            "fill_jobs_per_s": jobs / r.wall,
+        },
+        _gen([r]),
+    )
+    if jobs < p.memory_n:
+        out.notes.append(f"filled {jobs} of {p.memory_n} jobs in {p.memory_s:.0f}s")
+    return out
+
+
+# ------------------------------------------------------------------------------ restart
+
+
+def restart(
+    spec: ServerSpec,
+    workdir: Path,
+    p: Params,
+    tag: str,
+    on_step: Callable[[str], None] | None = None,
+) -> list[Outcome]:
+    """Fill a durable server, stop it, then start it ``restart_reps`` times and time how long
+    until it answers a ping, and until a worker gets a job, with all jobs stored."""
+    step = on_step or (lambda _msg: None)
+    func = tag.encode()
+    server = spec.make(workdir, persistent=True)
+    t = Target(spec.kind, HOST, server.port)
+    try:
+        server.start()
+        probes.wait_ping(spec.kind, server.port, 30.0, server.alive)
+        step(f"filling {p.restart_n:,} jobs")
+        r = _fill(server, t, func, p.restart_n, p.restart_fill_s, max(p.window, 4000))
+        fill_rate = r.count / r.wall
+        if spec.name == "redis":
+            probes.redis_save(server.port)
+        stored = probes.stored_jobs(spec.kind, server.port, func)
+    finally:
+        server.stop(grace=120.0)
+    outs: list[Outcome] = []
+    for rep in range(p.restart_reps):
+        step(f"restart {rep + 1}/{p.restart_reps}")
+        fresh = spec.make(workdir, persistent=True, port=server.port)
+        assert fresh.argv == server.argv
+        try:
+            t0 = time.monotonic()
+            fresh.spawn()
+            t_ping = probes.wait_ping(spec.kind, fresh.port, p.restart_wait_s, fresh.alive)
+            t_serve = probes.first_job(spec.kind, fresh.port, func, p.restart_wait_s)
+            restored = probes.stored_jobs(spec.kind, fresh.port, func)
+            rss = rss_bytes(fresh.pid)
+        finally:
+            s0 = time.monotonic()
+            fresh.stop(grace=120.0)
+            stop_s = time.monotonic() - s0
+        out = Outcome(
+            {
+                "ping_s": t_ping - t0,
+                "serve_s": t_serve - t0,
+                "jobs_restored": restored,
+                "jobs_stored": stored,
+                "fill_jobs_per_s": fill_rate,
+                "stop_s": stop_s,
+                "rss_mb": rss / 2**20,
+            }
+        )
+        if r.count < p.restart_n:
+            out.notes.append(f"filled {r.count} of {p.restart_n} jobs in {p.restart_fill_s:.0f}s")
+        if restored < stored:
+            out.notes.append(f"{stored - restored} of {stored} jobs missing after restart")
+        outs.append(out)
+    return outs
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+def _always(_spec: ServerSpec) -> str | None:
+    return None
+
+
+def _due(spec: ServerSpec) -> str | None:
+    if spec.kind == "gearmand":
+        return (
+            "gearmand does not wake sleeping workers when a SUBMIT_JOB_EPOCH job falls due "
+            "(checked: NOOP comes at submit time, NO_JOB after)"
+        )
+    if spec.kind == "redis":
+        return "redis lists have no delayed jobs"
+    return None
+
+
+def _restartable(spec: ServerSpec) -> str | None:
+    if spec.name == "periodic-memory":
+        return "the memory store keeps nothing across restarts"
+    if spec.kind == "gearmand":
+        return "not measured (gearmand needs a persistent queue module such as libsqlite3)"
+    return None
+
+
+def _m(key: str, label: str, unit: str, higher: bool) -> Metric:
+    return Metric(key, label, unit, higher)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "submit-pipelined",
+            "Submit throughput, pipelined",
+            (_m("jobs_per_s", "throughput", "jobs/s", True),),
+            ("jobs_per_s",),
+            submit_pipelined,
+            _always,
+        ),
+        Scenario(
+            "submit-sync",
+            "Submit throughput, one at a time",
+            (
+                _m("jobs_per_s", "throughput", "jobs/s", True),
+                _m("rtt_us", "round trip", "µs", False),
+            ),
+            ("jobs_per_s",),
+            submit_sync,
+            _always,
+        ),
+        Scenario(
+            "e2e",
+            "End to end (first submit to last done)",
+            (_m("jobs_per_s", "throughput", "jobs/s", True), _m("seconds", "time", "s", False)),
+            ("jobs_per_s",),
+            end_to_end,
+            _always,
+        ),
+        Scenario(
+            "latency",
+            "Dispatch latency at a fixed rate, idle workers",
+            (
+                _m("p50_us", "p50", "µs", False),
+                _m("p99_us", "p99", "µs", False),
+                _m("p999_us", "p99.9", "µs", False),
+                _m("max_us", "max", "µs", False),
+            ),
+            ("p50_us", "p99_us"),
+            dispatch_latency,
+            _always,
+        ),
+        Scenario(
+            "lateness",
+            "Due-time lateness",
+            (
+                _m("p50_ms", "p50", "ms", False),
+                _m("p99_ms", "p99", "ms", False),
+                _m("max_ms", "max", "ms", False),
+                _m("first_ms", "first of a second", "ms", False),
+                _m("drain_ms", "drain of a second", "ms", False),
+            ),
+            ("p99_ms",),
+            due_lateness,
+            _due,
+        ),
+        Scenario(
+            "memory",
+            "Memory with pending jobs",
+            (
+                _m("bytes_per_job", "bytes/job", "B", False),
+                _m("rss_after_mb", "RSS", "MiB", False),
+                _m("jobs", "jobs", "", True),
+                _m("fill_jobs_per_s", "fill", "jobs/s", True),
+            ),
+            ("bytes_per_job",),
+            memory,
+            _always,
+        ),
+        Scenario(
+            "restart",
+            "Restart with jobs stored",
+            (
+                _m("ping_s", "until ping", "s", False),
+                _m("serve_s", "until first job", "s", False),
+                _m("jobs_restored", "jobs", "", True),
+            ),
+            ("serve_s",),
+            None,
+            _restartable,
+        ),
+    )
+}
+
+
+def describe(p: Params) -> dict[str, Any]:
+    """What each scenario did, for the report."""
+    return {
+        "submit-pipelined": f"{p.submit_n:,} SUBMIT_JOB / put / SUBMIT_JOB_BG / LPUSH, "
+        f"window {p.window}, ≤{p.submit_s:g}s, one connection",
+        "submit-sync": f"{p.sync_n:,} submits one at a time (≤{p.sync_s:g}s), one connection",
+        "e2e": f"{p.e2e_n:,} jobs, {p.workers} worker connections in {p.worker_procs} generator "
+        f"processes (Periodic {p.slots_ours} GRAB_JOB slots each, peers {p.slots_peer} job in "
+        f"flight each), submitter window {p.window}",
+        "latency": f"{p.latency_rate:g} jobs/s for {p.latency_s:g}s, {p.workers} idle workers; "
+        "submit sent → assignment received",
+        "lateness": f"{p.lateness_n:,} jobs due at {p.lateness_spread} whole seconds "
+        f"({p.lateness_n // p.lateness_spread:,} per second), {p.workers} workers; "
+        "assignment received − due time",
+        "memory": f"RSS before and after {p.memory_n:,} pending jobs (≤{p.memory_s:g}s fill)",
+        "restart": f"{p.restart_n:,} jobs stored, stop, start ×{p.restart_reps}: "
+        "time to PING and to the first job",
+    }
