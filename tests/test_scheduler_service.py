@@ -36,6 +36,9 @@ class RecordingOutbox:
         self.frames.append((trio.current_time(), msgid, packet))
         self.arrived.set()
 
+    def flush_eagerly(self) -> bool:
+        return False
+
     async def next(self) -> tuple[float, int, object]:
         while not self.frames:
             self.arrived = trio.Event()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Protocol
 
@@ -59,6 +59,10 @@ class Outbox(Protocol):
     """Where the service puts frames for one connection (its writer sends them)."""
 
     def push_frame(self, frame: bytes) -> None: ...
+
+    def flush_eagerly(self) -> bool:
+        """Try to send what is queued now; True if that armed grab slots."""
+        ...
 
 
 class SchedulerService:
@@ -136,7 +140,9 @@ class SchedulerService:
         self._wake.set()
 
     def deliver(self, effects: list[Effect]) -> None:
-        """Encode effects as frames into their connections' outboxes."""
+        """Encode effects as frames into their connections' outboxes and send
+        them at once where the sockets take them."""
+        touched: dict[int, Outbox] = {}
         for effect in effects:
             outbox: Outbox | None = effect.conn.sink
             if outbox is None or effect.conn.closed:
@@ -145,6 +151,24 @@ class SchedulerService:
                 outbox.push_frame(encode_frame(effect.msgid, JobAssign(effect.job)))
             else:
                 outbox.push_frame(encode_raw_frame(effect.msgid, Cmd.DATA, effect.data))
+            touched[id(outbox)] = outbox
+        if touched:
+            self.flush(touched.values())
+
+    def flush(self, outboxes: Iterable[Outbox]) -> None:
+        """Eagerly send queued frames; slots armed by that get jobs at once."""
+        rearmed = False
+        for outbox in outboxes:
+            rearmed |= outbox.flush_eagerly()
+        if not rearmed:
+            return
+        if self.shared:
+            self.poke()  # assignments need a claim: the wake-up loop does it
+            return
+        self.core.dispatch(self.clock.now())
+        effects = self.core.take_effects()
+        if effects:
+            self.deliver(effects)
 
     async def settle(self) -> None:
         """Finish a batch that has no acknowledgement waiting on it."""

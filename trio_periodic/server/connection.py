@@ -68,6 +68,8 @@ class ServerSideConnection:
         self._idle: trio.CancelScope | None = None
         #: Frames queued / sent so far, and an event set after each write.
         self._pushed = 0
+        #: True while the writer task is in the middle of a send.
+        self._sending = False
         self._sent = 0
         self._sent_event = trio.Event()
 
@@ -205,11 +207,16 @@ class ServerSideConnection:
                 else:
                     immediate.append(reply)
         effects, changes = self.service.finish_batch()
+        wait = durable and bool(changes)
+        if not wait:
+            # Nothing to wait for: assignments first (dispatch latency), then replies.
+            await self.service.publish(effects)
         for frame in immediate:
             self.push_frame(frame)
         self._arms.extend(self._batch_arms)
         self._batch_arms = []
-        if changes:
+        self.service.flush([self])
+        if wait:
             try:
                 await self.service.commit(changes)
             except StoreError as exc:
@@ -217,9 +224,10 @@ class ServerSideConnection:
                 # sees the rejection and may retry.
                 log.error("store commit failed, rejecting %d requests: %s", len(replies), exc)
                 replies = [(m, encode_raw_frame(m, Cmd.NO_WORKER)) for m, _ in replies]
-        await self.service.publish(effects)
-        for _, frame in replies:
-            self.push_frame(frame)
+            await self.service.publish(effects)
+            for _, frame in replies:
+                self.push_frame(frame)
+            self.service.flush([self])
         if self._out_bytes > MAX_OUTBOX_BYTES:
             raise ConnectionLost(f"peer not reading ({self._out_bytes} bytes queued)")
 
@@ -241,6 +249,47 @@ class ServerSideConnection:
             return True
         return role_ok and (cmd not in FUNC_CHECKED or packet_funcs(packet) <= identity.funcs)
 
+    def flush_eagerly(self) -> bool:
+        """Write what is queued right now, from the calling task, if the socket
+        takes it without blocking: this saves a wake-up of the writer task per
+        batch, which is most of the cost of a reply.  Whatever does not fit is
+        left to the writer.  Returns True when slots were armed (the caller
+        should dispatch)."""
+        if self._sending or not self._out:
+            return False
+        frames = self._out
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            written = self.stream.try_send(data)
+        except ConnectionLost:
+            return False  # the writer meets the same error and ends the connection
+        if written < len(data):
+            if written:
+                self._out = [data[written:]]
+                self._out_bytes = len(data) - written
+                self._count_sent(len(frames) - 1)
+            return False
+        self._out = []
+        self._out_bytes = 0
+        self._count_sent(len(frames))
+        return self._run_arms(self._arms)
+
+    def _count_sent(self, n: int) -> None:
+        if n:
+            self._sent += n
+            self._sent_event.set()
+            self._sent_event = trio.Event()
+
+    def _run_arms(self, arms: list[int]) -> bool:
+        """Arm the slots whose GRAB_JOB replies are on the wire."""
+        if not arms or self._state is None:
+            return False
+        if arms is self._arms:
+            self._arms = []
+        for msgid in arms:
+            self.core.add_slot(self._state, msgid)
+        return True
+
     async def _write_loop(self) -> None:
         while True:
             await self._has_output.wait()
@@ -249,11 +298,11 @@ class ServerSideConnection:
             arms, self._arms = self._arms, []
             self._out_bytes = 0
             if frames:
-                await self.stream.send(frames)
-                self._sent += len(frames)
-                self._sent_event.set()
-                self._sent_event = trio.Event()
-            if arms and self._state is not None:
-                for msgid in arms:
-                    self.core.add_slot(self._state, msgid)
+                self._sending = True
+                try:
+                    await self.stream.send(frames)
+                finally:
+                    self._sending = False
+                self._count_sent(len(frames))
+            if self._run_arms(arms):
                 await self.service.settle()

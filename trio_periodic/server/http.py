@@ -361,6 +361,9 @@ class _ResultSink:
     def __init__(self, deliver: Callable[[bytes], None]) -> None:
         self._deliver = deliver
 
+    def flush_eagerly(self) -> bool:
+        return False
+
     def push_frame(self, frame: bytes) -> None:
         _, packet = decode_body(frame[12:])
         if isinstance(packet, Data):

@@ -9,6 +9,7 @@ WebSockets.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import trio
@@ -28,6 +29,10 @@ class FrameStream(Protocol):
 
     async def send(self, frames: list[bytes]) -> None: ...
 
+    def try_send(self, data: bytes) -> int:
+        """Send without blocking or yielding; return how many bytes went out."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -38,6 +43,8 @@ class ByteFrameStream:
         self._stream = stream
         self.peer = peer
         self._initial = initial
+        sock = getattr(stream, "socket", None)
+        self._fd: int = sock.fileno() if sock is not None else -1
 
     async def receive_some(self) -> bytes:
         if self._initial:
@@ -55,7 +62,20 @@ class ByteFrameStream:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ConnectionLost(str(exc) or type(exc).__name__) from exc
 
+    def try_send(self, data: bytes) -> int:
+        # The socket is non-blocking (trio made it so): write(2) takes what
+        # fits in the kernel buffer and never waits.
+        if self._fd < 0:
+            return 0
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise ConnectionLost(exc.strerror or type(exc).__name__) from exc
+
     async def aclose(self) -> None:
+        self._fd = -1
         await trio.aclose_forcefully(self._stream)
 
 
@@ -79,6 +99,9 @@ class WebSocketFrameStream:
                 await self._ws.send_message(frame)
         except ConnectionClosed as exc:
             raise ConnectionLost("websocket closed") from exc
+
+    def try_send(self, data: bytes) -> int:
+        return 0  # a WebSocket message needs the writer task
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
