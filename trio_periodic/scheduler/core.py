@@ -17,7 +17,8 @@ State:
 * Each connection (``ConnState``) has free grab slots (the msgids of its
   GRAB_JOBs), the assignments it has not confirmed yet (one per msgid at most)
   and every job it holds.
-* ``deadlines`` orders the assignments by the moment their timeout runs out.
+* ``deadlines`` orders the assignments by the moment their timeout runs out
+  (a heap with O(1) withdrawal: nearly every deadline is withdrawn unfired).
   The timeout counts from assignment and restarts when the worker confirms
   with JOB_ASSIGNED, so a worker always gets its full timeout once it starts
   the job.  A job held by one worker is never handed to a second one unless
@@ -50,6 +51,7 @@ from sortedcontainers import SortedList
 from trio_periodic.protocol.job import Job
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
+from trio_periodic.scheduler.lazyheap import LazyHeap
 from trio_periodic.scheduler.state import (
     _NO_ASSIGNMENTS,
     _NO_LOCKS,
@@ -111,7 +113,7 @@ class Scheduler:
         self.funcs: dict[bytes, FuncState] = {}
         self.locks: dict[bytes, Lock] = {}
         self.waiters: dict[Handle, Waiters] = {}
-        self.deadlines: SortedList = SortedList()  # (deadline, seq, Assignment)
+        self.deadlines: LazyHeap[Assignment] = LazyHeap()
         self.waiter_expiry: SortedList = SortedList()  # (expires_at, seq, handle)
         self.timers: list[tuple[float, bytes]] = []
         self.candidates: set[bytes] = set()
@@ -360,7 +362,7 @@ class Scheduler:
         return None
 
     def _assign(self, entry: JobEntry, fs: FuncState, conn: ConnState, now: float) -> None:
-        self._dequeue(entry, fs)
+        self._pop_head(entry, fs)
         entry.state = RUNNING
         fs.nrunning += 1
         self._hand_to(entry, conn, now)
@@ -369,7 +371,7 @@ class Scheduler:
         takers = [conn for conn in fs.workers if conn.slots]
         if not takers:
             return False
-        self._dequeue(entry, fs)
+        self._pop_head(entry, fs)
         entry.state = RUNNING
         fs.nrunning += 1
         for conn in takers:
@@ -549,6 +551,11 @@ class Scheduler:
         if queue[0] is key and fs.workers:
             self.candidates.add(fs.name)
 
+    def _pop_head(self, entry: JobEntry, fs: FuncState) -> None:
+        """Take the function's earliest job (``entry``) off its queue."""
+        del fs.queue[0]
+        entry.key = None
+
     def _dequeue(self, entry: JobEntry, fs: FuncState) -> None:
         if entry.key is not None:
             fs.queue.remove(entry.key)
@@ -568,10 +575,9 @@ class Scheduler:
 
     def _set_deadline(self, assignment: Assignment, deadline: float) -> None:
         if assignment.key is not None:
-            self.deadlines.remove(assignment.key)
+            self.deadlines.withdraw(assignment.key)
         assignment.deadline = deadline
-        assignment.key = (deadline, self._next_seq(), assignment)
-        self.deadlines.add(assignment.key)
+        assignment.key = self.deadlines.push(deadline, assignment)
 
     def _drop_assignment(self, assignment: Assignment) -> None:
         """Detach an assignment from its job, its connection and the deadlines."""
@@ -587,7 +593,7 @@ class Scheduler:
         if conn.open.get(assignment.msgid) is assignment:
             del conn.open[assignment.msgid]
         if assignment.key is not None:
-            self.deadlines.remove(assignment.key)
+            self.deadlines.withdraw(assignment.key)
             assignment.key = None
 
     # --------------------------------------------------------------- time
@@ -595,8 +601,8 @@ class Scheduler:
     def tick(self, now: float) -> None:
         """Expire what is due at ``now`` and dispatch what became due."""
         deadlines = self.deadlines
-        while deadlines and deadlines[0][0] <= now:
-            self._expire_assignment(deadlines[0][2], now)
+        while (top := deadlines.peek()) is not None and top[0] <= now:
+            self._expire_assignment(top[1], now)
         expiry = self.waiter_expiry
         while expiry and expiry[0][0] <= now:
             self._expire_waiters(expiry[0][2])
@@ -617,8 +623,9 @@ class Scheduler:
     def next_wakeup(self) -> float:
         """The earliest moment ``tick`` has something to do (epoch seconds)."""
         t = _INF
-        if self.deadlines:
-            t = self.deadlines[0][0]
+        top = self.deadlines.peek()
+        if top is not None:
+            t = top[0]
         if self.waiter_expiry and self.waiter_expiry[0][0] < t:
             t = self.waiter_expiry[0][0]
         if self.timers and self.timers[0][0] < t:

@@ -96,7 +96,8 @@ class Assignment:
         self.started = started
         self.confirmed = False
         self.deadline = 0.0
-        self.key: tuple[float, int, Assignment] | None = None
+        # Its entry in Scheduler.deadlines while it has one.
+        self.key: list[object] | None = None
 
 
 @dataclass(eq=False, slots=True)
