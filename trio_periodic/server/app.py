@@ -9,6 +9,7 @@ their jobs, closes the store and removes its Unix socket files.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -76,8 +77,14 @@ class Server:
         try:
             clock = Clock()
             self.core.restore(state, clock.now())
+            restored = len(state.jobs)
+            del state
+            # The restored jobs live as long as they are stored: keep the
+            # collector from rescanning them again and again.
+            gc.collect()
+            gc.freeze()
             self.service = SchedulerService(self.core, self.store, clock)
-            log.info("store %s: %d jobs restored", self.store.uri, len(state.jobs))
+            log.info("store %s: %d jobs restored", self.store.uri, restored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.service.run)
                 if self.auth is not None:

