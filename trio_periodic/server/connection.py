@@ -32,6 +32,7 @@ from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.errors import RemoteProtocolError
 from trio_periodic.protocol.frames import Registration, encode_raw_frame
 from trio_periodic.protocol.packets import Packet
+from trio_periodic.scheduler.effects import Assign, Effect
 from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server.auth import FUNC_CHECKED, Identity, packet_funcs
 from trio_periodic.server.commands import CLIENT_COMMANDS, COMMANDS, SERVER_ONLY
@@ -211,6 +212,14 @@ class ServerSideConnection:
         if not wait:
             # Nothing to wait for: assignments first (dispatch latency), then replies.
             await self.service.publish(effects)
+        elif not self.service.shared:
+            # Handing a job to a worker acknowledges nothing to its submitter,
+            # so assignments need not wait for the commit (RUN_JOB results do).
+            # In cluster mode a job must be in the store before it is claimed.
+            assigns: list[Effect] = [e for e in effects if isinstance(e, Assign)]
+            if assigns:
+                effects = [e for e in effects if not isinstance(e, Assign)]
+                await self.service.publish(assigns)
         for frame in immediate:
             self.push_frame(frame)
         self._arms.extend(self._batch_arms)
