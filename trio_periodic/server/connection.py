@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -36,7 +37,7 @@ from trio_periodic.scheduler.effects import Assign, Effect
 from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server.auth import FUNC_CHECKED, Identity, packet_funcs
 from trio_periodic.server.commands import CLIENT_COMMANDS, COMMANDS, SERVER_ONLY
-from trio_periodic.store.base import StoreError
+from trio_periodic.store.base import Change, StoreError
 from trio_periodic.transport.streams import ConnectionLost, FrameStream
 
 if TYPE_CHECKING:
@@ -46,6 +47,13 @@ log = logging.getLogger(__name__)
 
 #: A peer that stops reading while we have this much queued for it is cut off.
 MAX_OUTBOX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _PendingAcks:
+    changes: list[Change]
+    replies: list[tuple[int, bytes]]
+    effects: list[Effect]
 
 
 class ServerSideConnection:
@@ -64,6 +72,9 @@ class ServerSideConnection:
         self._arms: list[int] = []
         self._batch_arms: list[int] = []
         self._has_output = trio.Event()
+        # Read batches whose replies wait for their commit, in order.
+        self._acks_send, self._acks_recv = trio.open_memory_channel[_PendingAcks](64)
+        self._acked = trio.Event()
         #: trio time of the last bytes received, and the scope of the idle wait.
         self._last_rx = trio.current_time()
         self._idle: trio.CancelScope | None = None
@@ -115,14 +126,18 @@ class ServerSideConnection:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._ack_loop)
                 try:
                     await self._read_loop()
                 except RemoteProtocolError as exc:
                     log.warning("closing %s: protocol error: %s", peer, exc)
-                    # The writer sends the replies to the good frames that
-                    # preceded the bad one (cancelling it now could drop them).
-                    with trio.move_on_after(1):
-                        await self._flushed()
+                # Commit what was applied, then let the writer send the replies
+                # (to the good frames before a bad one, too) before closing.
+                await self._acks_send.aclose()
+                with trio.move_on_after(10):
+                    await self._acked.wait()
+                with trio.move_on_after(1):
+                    await self._flushed()
                 nursery.cancel_scope.cancel()
         except* ConnectionLost as group:
             log.debug("connection %s lost: %s", peer, group.exceptions[0])
@@ -131,6 +146,43 @@ class ServerSideConnection:
             with trio.CancelScope(shield=True):
                 await self._detach()
                 await self.stream.aclose()
+
+    async def _ack_loop(self) -> None:
+        """Commit the changes of read batches in order and send their replies.
+
+        Batches that queued up while a commit was running share the next one.
+        A commit is shielded: the batch is already applied in memory, so it
+        must reach the store even when the connection goes away meanwhile."""
+        try:
+            async for first in self._acks_recv:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._acks_recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                changes = [c for pending in batch for c in pending.changes]
+                failed: StoreError | None = None
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.service.commit(changes)
+                    except StoreError as exc:
+                        failed = exc
+                for pending in batch:
+                    replies = pending.replies
+                    if failed is not None:
+                        # Nothing that needed the store is acknowledged: the
+                        # client sees the rejection and may retry.
+                        log.error(
+                            "store commit failed, rejecting %d requests: %s", len(replies), failed
+                        )
+                        replies = [(m, encode_raw_frame(m, Cmd.NO_WORKER)) for m, _ in replies]
+                    await self.service.publish(pending.effects)
+                    for _, frame in replies:
+                        self.push_frame(frame)
+                self.service.flush([self])
+        finally:
+            self._acked.set()
 
     async def _flushed(self) -> None:
         """Wait until the writer has sent every frame queued so far."""
@@ -226,17 +278,9 @@ class ServerSideConnection:
         self._batch_arms = []
         self.service.flush([self])
         if wait:
-            try:
-                await self.service.commit(changes)
-            except StoreError as exc:
-                # Nothing that needed the store is acknowledged: the client
-                # sees the rejection and may retry.
-                log.error("store commit failed, rejecting %d requests: %s", len(replies), exc)
-                replies = [(m, encode_raw_frame(m, Cmd.NO_WORKER)) for m, _ in replies]
-            await self.service.publish(effects)
-            for _, frame in replies:
-                self.push_frame(frame)
-            self.service.flush([self])
+            # The acknowledgements wait for the commit in the ack task, so that
+            # reading (and dispatching) goes on meanwhile.
+            await self._acks_send.send(_PendingAcks(changes, replies, effects))
         if self._out_bytes > MAX_OUTBOX_BYTES:
             raise ConnectionLost(f"peer not reading ({self._out_bytes} bytes queued)")
 
