@@ -12,7 +12,7 @@ from trio_periodic.protocol import packets as p
 from trio_periodic.protocol.constants import ClientType
 from trio_periodic.protocol.job import Job
 from trio_periodic.server.app import Server
-from trio_periodic.store.base import Change, PutJob, StoredState, StoreError
+from trio_periodic.store.base import Change, PutFunc, PutJob, StoredState, StoreError
 
 
 class GatedStore:
@@ -69,7 +69,8 @@ async def test_success_only_after_commit_while_the_connection_keeps_working(gate
         assert store.committed == []
         store.gate.set()
         assert isinstance((await client.recv_for(10)).packet, p.Success)
-        assert store.committed == [PutJob(Job(b"f", b"a", sched_at=assign.packet.job.sched_at))]
+        put = PutJob(Job(b"f", b"a", sched_at=assign.packet.job.sched_at))
+        assert store.committed == [PutFunc(b"f"), put]  # the worker's CAN_DO, then the job
 
 
 async def test_failed_commit_is_refused_and_the_server_goes_on(gated) -> None:  # type: ignore[no-untyped-def]
