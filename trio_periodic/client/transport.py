@@ -11,13 +11,14 @@ Accepted URLs (PROTOCOL.md §1, and what aio_periodic accepts):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import trio
 
 from trio_periodic.client.errors import ConnectError
 from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE
 from trio_periodic.transport.streams import ByteFrameStream, FrameStream, WebSocketFrameStream
+from trio_periodic.transport.urls import PeriodicURL, URLError
+from trio_periodic.transport.urls import parse_url as parse_url_syntax
 
 __all__ = ["DEFAULT_URL", "ServerURL", "default_url", "open_frame_stream", "parse_url"]
 
@@ -30,49 +31,20 @@ def default_url() -> str:
     return os.environ.get("PERIODIC_PORT") or DEFAULT_URL
 
 
-@dataclass(frozen=True, slots=True)
-class ServerURL:
-    scheme: str  # "tcp", "unix" or "ws"
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.scheme == "unix":
-            return f"unix://{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.path if self.scheme == 'ws' else ''}"
+#: A server address (the listeners use the same syntax).
+ServerURL = PeriodicURL
 
 
 def parse_url(url: str) -> ServerURL:
-    """Parse a server URL; :class:`ConnectError` if it cannot name a server."""
-    if "://" not in url:
-        host, port = _host_port(url, url)
-        return ServerURL("tcp", host, port)
-    scheme, rest = url.split("://", 1)
-    if scheme in ("tcp", "ws"):
-        hostport, _, path = rest.partition("/")
-        host, port = _host_port(hostport, url)
-        return ServerURL(scheme, host, port, "/" + path if scheme == "ws" else "")
-    if not rest:
-        raise ConnectError(f"no socket path in {url!r}")
-    return ServerURL("unix", path=rest)
-
-
-def _host_port(hostport: str, url: str) -> tuple[str, int]:
-    if hostport.startswith("["):
-        host, sep, port = hostport[1:].partition("]:")
-    else:
-        host, sep, port = hostport.rpartition(":")
-    if not sep:
-        raise ConnectError(f"bad server address {url!r} (expected tcp://HOST:PORT or unix:///PATH)")
+    """Parse a server URL; :class:`ConnectError` if it cannot name a server.
+    ``tcp://:PORT`` means this machine."""
     try:
-        number = int(port)
-    except ValueError:
-        raise ConnectError(f"bad port {port!r} in {url!r}") from None
-    if not 0 < number <= 65535:
-        raise ConnectError(f"port out of range in {url!r}")
-    return host or "127.0.0.1", number
+        target = parse_url_syntax(url, bare=True)
+    except URLError as exc:
+        raise ConnectError(str(exc)) from None
+    if target.scheme != "unix" and not target.host:
+        target = PeriodicURL(target.scheme, "127.0.0.1", target.port, target.path)
+    return target
 
 
 async def open_frame_stream(url: str, nursery: trio.Nursery) -> FrameStream:

@@ -12,59 +12,25 @@ import errno
 import os
 import socket as stdlib_socket
 import stat
-from dataclasses import dataclass
 
 import trio
+
+from trio_periodic.transport.urls import PeriodicURL, URLError, parse_url
 
 
 class ListenError(Exception):
     """A listener could not be opened (address in use, bad URL, ...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ListenURL:
-    scheme: str  # "tcp", "unix" or "ws"
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.scheme == "unix":
-            return f"unix://{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        suffix = self.path if self.scheme == "ws" and self.path not in ("", "/") else ""
-        return f"{self.scheme}://{host}:{self.port}{suffix}"
+#: A listener address (the same syntax as the client's server URLs).
+ListenURL = PeriodicURL
 
 
 def parse_listen_url(url: str) -> ListenURL:
-    if "://" not in url:
-        raise ListenError(f"not a listener URL (expected tcp://, unix:// or ws://): {url!r}")
-    scheme, rest = url.split("://", 1)
-    if scheme in ("tcp", "ws"):
-        hostport, _, path = rest.partition("/")
-        host, port = _split_host_port(hostport, url)
-        return ListenURL(scheme, host, port, "/" + path if scheme == "ws" else "")
-    if not rest:
-        raise ListenError(f"empty socket path in {url!r}")
-    return ListenURL("unix", path=rest)
-
-
-def _split_host_port(hostport: str, url: str) -> tuple[str, int]:
-    if hostport.startswith("["):
-        host, sep, port = hostport[1:].partition("]:")
-        if not sep:
-            raise ListenError(f"bad IPv6 address in {url!r}")
-    else:
-        host, sep, port = hostport.rpartition(":")
-        if not sep:
-            raise ListenError(f"missing port in {url!r}")
     try:
-        number = int(port)
-    except ValueError:
-        raise ListenError(f"bad port {port!r} in {url!r}") from None
-    if not 0 <= number <= 65535:
-        raise ListenError(f"port out of range in {url!r}")
-    return host, number
+        return parse_url(url, min_port=0)
+    except URLError as exc:
+        raise ListenError(str(exc)) from None
 
 
 async def open_tcp(url: ListenURL) -> list[trio.SocketListener]:
