@@ -224,3 +224,46 @@ def test_help_comes_from_docstrings(capsys: pytest.CaptureFixture[str]) -> None:
     parse(["run", "--help"])
     out = capsys.readouterr().out
     assert "SCHED_LATER" in out and "--exec" in out and "Job timeout in seconds" in out
+
+
+def test_keygen_parses_the_reference_form() -> None:
+    from trio_periodic.cli_commands import Keygen
+
+    assert parse(["keygen", "server"]).command == Keygen("server", 256)  # type: ignore[union-attr]
+    assert parse(["keygen", "server", "-s", "128"]).command == Keygen("server", 128)  # type: ignore[union-attr]
+
+
+def test_keygen_writes_pkcs1_pems(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    base = tmp_path / "node"
+    out = subprocess.run(
+        [sys.executable, "-m", "trio_periodic", "keygen", str(base), "-s", "128"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Keys written to ")
+    private_pem = (tmp_path / "node_private_key.pem").read_bytes()
+    public_pem = (tmp_path / "node_public_key.pem").read_bytes()
+    assert private_pem.startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    assert public_pem.startswith(b"-----BEGIN RSA PUBLIC KEY-----")
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 1024
+    assert (
+        serialization.load_pem_public_key(public_pem).public_numbers()
+        == key.public_key().public_numbers()
+    )  # type: ignore[union-attr]
+    assert (tmp_path / "node_private_key.pem").stat().st_mode & 0o077 == 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "trio_periodic", "keygen", str(base), "-s", "8"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "key size" in bad.stderr and "Traceback" not in bad.stderr

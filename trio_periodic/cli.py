@@ -34,6 +34,7 @@ from trio_periodic.cli_commands import (
     ExecWorker,
     Globals,
     Invocation,
+    Keygen,
     Load,
     Ping,
     Recv,
@@ -340,6 +341,20 @@ def shutdown() -> Shutdown:
 
 
 @app.command
+def keygen(file: str, /, *, size: Annotated[int, Parameter(name=["--size", "-s"])] = 256) -> Keygen:
+    """Write FILE_private_key.pem and FILE_public_key.pem (PKCS#1 RSA, as the reference).
+
+    Parameters
+    ----------
+    file
+        Base name of the two files.
+    size
+        Key size in BYTES, as in the reference (256 = a 2048-bit key).
+    """
+    return Keygen(file, size)
+
+
+@app.command
 def serve(
     *,
     path: Annotated[str | None, Parameter(name=["--path", "-p"], env_var="PERIODIC_PATH")] = None,
@@ -571,6 +586,8 @@ def execute(inv: Invocation) -> int:
     try:
         if isinstance(command, Serve):
             return _serve(command)
+        if isinstance(command, Keygen):
+            return _keygen(command)
         import trio
 
         if isinstance(command, ExecWorker | WorkerCmd):
@@ -593,6 +610,18 @@ def execute(inv: Invocation) -> int:
             error(str(leaf) or type(leaf).__name__)
             return 1
         raise
+
+
+def _keygen(command: Keygen) -> int:
+    from trio_periodic.keygen import KeygenError, generate_key_files
+
+    try:
+        private, public = generate_key_files(command.file, command.size)
+    except (KeygenError, OSError) as exc:
+        error(str(exc))
+        return 1
+    print(f"Keys written to {private} and {public}")
+    return 0
 
 
 def _serve(command: Serve) -> int:

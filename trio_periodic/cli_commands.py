@@ -170,6 +170,14 @@ class WorkerCmd:
     ready_timeout: int = 10
 
 
+@dataclass(frozen=True, slots=True)
+class Keygen:
+    """Write an RSA key pair (``periodic keygen``)."""
+
+    file: str
+    size: int = 256
+
+
 Command = (
     Status
     | Submit
@@ -186,6 +194,7 @@ Command = (
     | Serve
     | ExecWorker
     | WorkerCmd
+    | Keygen
 )
 
 
