@@ -274,3 +274,34 @@ done
                 assert results == [b"got:k0", b"got:k1", b"got:k2", b"got:k3"]
             worker.stop()
             nursery.cancel_scope.cancel()
+
+
+def test_parse_size() -> None:
+    from trio_periodic.cli_process import parse_size
+
+    assert parse_size("1024") == 1024
+    assert parse_size("512k") == 512 * 1024
+    assert parse_size("2M") == 2 * 1024**2
+    assert parse_size("1.5g") == int(1.5 * 1024**3)
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+async def test_process_over_its_memory_limit_is_killed(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    # python allocating ~200 MB and holding it; the limit is 50 MB
+    hog = script(
+        tmp_path,
+        "hog.sh",
+        f"exec {os.environ.get('PYTHON', 'python3')} -c "
+        '"import time; x = bytearray(200 * 1024 * 1024); x[::4096] = b\\"x\\" * len(x[::4096]);'
+        ' time.sleep(30)"\n',
+    )
+    cmd = worker_cmd(hog, mem_limit=50 * 1024 * 1024)
+    with trio.fail_after(LIMIT):
+        async with serving(server, "hog", partial(process_job, cmd)) as c:
+            started = time.monotonic()
+            with pytest.raises(JobFailed):
+                await c.run_job("hog", "a", b"", timeout=30)
+            assert time.monotonic() - started < 8  # killed for memory, not at the time limit

@@ -400,6 +400,7 @@ def worker(
     no_name: bool = False,
     pipe: bool = False,
     ready_timeout: int = 10,
+    mem_limit: str = "0",
 ) -> WorkerCmd:
     """Work for FUNC by running COMMAND for every job (like the reference periodic-run).
 
@@ -444,6 +445,9 @@ def worker(
         Keep --thread runner processes alive and feed them jobs over stdin.
     ready_timeout
         With --pipe: seconds a runner has to print its ready line (0: no limit).
+    mem_limit
+        Kill a job's process (with --pipe: restart the runner) when its resident
+        memory goes over this size: bytes, or with k, m or g (e.g. 512m); 0: no limit.
     """
     if not command:
         raise UsageError("worker needs a command: periodic worker FUNC -- COMMAND [ARGS…]")
@@ -468,7 +472,17 @@ def worker(
         no_name=no_name,
         pipe=pipe,
         ready_timeout=ready_timeout,
+        mem_limit=_mem_limit(mem_limit),
     )
+
+
+def _mem_limit(text: str) -> int:
+    from trio_periodic.cli_process import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--mem-limit: {exc}") from None
 
 
 # ------------------------------------------------------------------------ global options

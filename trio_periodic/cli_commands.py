@@ -168,6 +168,8 @@ class WorkerCmd:
     no_name: bool = False
     pipe: bool = False
     ready_timeout: int = 10
+    #: Kill a process whose RSS goes over this many bytes (0: no limit).
+    mem_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)

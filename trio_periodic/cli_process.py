@@ -17,7 +17,15 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["ChildResult", "LineReader", "kill_process_group", "run_child", "spawn"]
+__all__ = [
+    "ChildResult",
+    "LineReader",
+    "kill_process_group",
+    "parse_size",
+    "run_child",
+    "spawn",
+    "watch_memory",
+]
 
 #: Seconds between SIGTERM and SIGKILL.
 KILL_GRACE = 2.0
@@ -37,14 +45,18 @@ class ChildResult:
     returncode: int
     #: True if we killed it because it ran past its time limit.
     timed_out: bool
+    #: True if we killed it because its memory went over the limit.
+    over_memory: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and not self.over_memory
 
     def describe(self) -> str:
         if self.timed_out:
             return "killed after its time limit"
+        if self.over_memory:
+            return "killed: its memory went over the limit"
         if self.returncode < 0:
             try:
                 return f"killed by {signal.Signals(-self.returncode).name}"
@@ -138,25 +150,72 @@ async def _read_lines(
     done.set()
 
 
+def parse_size(text: str) -> int:
+    """``--mem-limit`` values: bytes, or a number with k, m or g (×1024ⁿ)."""
+    value = text.strip().lower()
+    scale = 1
+    if value and value[-1] in "kmg":
+        scale = 1024 ** ("kmg".index(value[-1]) + 1)
+        value = value[:-1]
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"bad memory size {text!r} (expected e.g. 512m or 2g)") from None
+    if number < 0:
+        raise ValueError(f"memory size must not be negative: {text!r}")
+    return int(number * scale)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The resident memory of a process in bytes, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+async def watch_memory(pid: int, limit: int, on_exceed: Callable[[], None]) -> None:
+    """Check ``pid``'s RSS every second; call ``on_exceed`` once it is over ``limit``.
+
+    (The reference compares its byte limit with ``ps``'s KiB, so its limit is
+    in effect 1024 times larger; ours is what it says.)"""
+    while True:
+        rss = rss_bytes(pid)
+        if rss is None:
+            return
+        if rss > limit:
+            on_exceed()
+            return
+        await trio.sleep(1)
+
+
 async def run_child(
     argv: Sequence[str],
     stdin: bytes,
     *,
     time_limit: float | None,
     on_line: Callable[[bytes], Awaitable[None]] | None = None,
+    mem_limit: int = 0,
 ) -> ChildResult:
     """Run ``argv`` to completion with ``stdin`` as its input.
 
     With ``on_line`` stdout is read line by line (until EOF) and passed to
     it; otherwise stdout is inherited.  After ``time_limit`` seconds (None or
-    0: no limit) the process group is killed.  :class:`SpawnError` if it
-    cannot start.
+    0: no limit), or once its RSS is over ``mem_limit`` bytes (0: no limit),
+    the process group is killed.  :class:`SpawnError` if it cannot start.
     """
     proc = await spawn(argv, stdout=on_line is not None)
     limit = time_limit if time_limit else math.inf
+    memory = trio.CancelScope()
     try:
-        with trio.move_on_after(limit) as scope:
+        with trio.move_on_after(limit) as scope, memory:
             async with trio.open_nursery() as nursery:
+                if mem_limit:
+                    nursery.start_soon(watch_memory, proc.pid, mem_limit, memory.cancel)
                 assert proc.stdin is not None
                 nursery.start_soon(_feed, proc.stdin, stdin)
                 read_all = trio.Event()
@@ -174,4 +233,4 @@ async def run_child(
     finally:
         await stop_process(proc)
     assert proc.returncode is not None
-    return ChildResult(proc.returncode, scope.cancelled_caught)
+    return ChildResult(proc.returncode, scope.cancelled_caught, memory.cancelled_caught)

@@ -27,7 +27,14 @@ from functools import partial
 import trio
 
 from trio_periodic.cli_commands import ExecWorker, Globals, WorkerCmd
-from trio_periodic.cli_process import LineReader, SpawnError, run_child, spawn, stop_process
+from trio_periodic.cli_process import (
+    LineReader,
+    SpawnError,
+    run_child,
+    spawn,
+    stop_process,
+    watch_memory,
+)
 from trio_periodic.client import Done, Fail, Job, SchedLater, Worker
 from trio_periodic.client.job import Result
 
@@ -159,6 +166,7 @@ async def process_job(cmd: WorkerCmd, job: Job) -> Result:
             job.workload,
             time_limit=_time_limit(cmd, job),
             on_line=on_line if capture else None,
+            mem_limit=cmd.mem_limit,
         )
     except SpawnError as exc:
         log.error("job %s: %s", where, exc)
@@ -181,6 +189,8 @@ class Runner:
     index: int
     argv: list[str]
     ready_timeout: float
+    #: Kill (and restart) the runner when its RSS goes over this (bytes; 0: never).
+    mem_limit: int = 0
     generation: int = 0
     alive: bool = False
     stdin: trio.abc.SendStream | None = None
@@ -204,27 +214,44 @@ class Runner:
         assert proc.stdout is not None
         reader = LineReader(proc.stdout)
         try:
-            with trio.move_on_after(self.ready_timeout or math.inf):
-                ready = await reader.readline()
-            if ready is None:
-                log.warning("runner %d: not ready in time (or exited); restarting", self.index)
-                return
-            self.generation += 1
-            self.stdin = proc.stdin
-            self.alive = True
-            idle.send_nowait((self, self.generation))
-            while (line := await reader.readline()) is not None:
-                job = self.current
-                if job is not None and line.startswith(job[0]):
-                    job[1].send_nowait(line[len(job[0]) :])
-                else:
-                    _echo(line)
-            log.warning("runner %d exited; restarting", self.index)
+            async with trio.open_nursery() as nursery:
+                if self.mem_limit:
+                    nursery.start_soon(watch_memory, proc.pid, self.mem_limit, self._over_memory)
+                await self._serve(reader, proc, idle)
+                nursery.cancel_scope.cancel()
         finally:
             self.alive = False
             if self.current is not None:
                 self.current[1].close()
             await stop_process(proc)
+
+    def _over_memory(self) -> None:
+        log.warning("runner %d went over its memory limit; restarting", self.index)
+        self.kill()
+
+    async def _serve(
+        self,
+        reader: LineReader,
+        proc: trio.Process,
+        idle: trio.MemorySendChannel[tuple[Runner, int]],
+    ) -> None:
+        """Wait for the ready line, then route stdout lines to the job in flight."""
+        with trio.move_on_after(self.ready_timeout or math.inf):
+            ready = await reader.readline()
+        if ready is None:
+            log.warning("runner %d: not ready in time (or exited); restarting", self.index)
+            return
+        self.generation += 1
+        self.stdin = proc.stdin
+        self.alive = True
+        idle.send_nowait((self, self.generation))
+        while (line := await reader.readline()) is not None:
+            job = self.current
+            if job is not None and line.startswith(job[0]):
+                job[1].send_nowait(line[len(job[0]) :])
+            else:
+                _echo(line)
+        log.warning("runner %d exited; restarting", self.index)
 
     def kill(self) -> None:
         self.alive = False
@@ -263,7 +290,8 @@ class RunnerPool:
     def __init__(self, cmd: WorkerCmd) -> None:
         self.cmd = cmd
         self.runners = [
-            Runner(i, list(cmd.command), float(cmd.ready_timeout)) for i in range(cmd.thread)
+            Runner(i, list(cmd.command), float(cmd.ready_timeout), cmd.mem_limit)
+            for i in range(cmd.thread)
         ]
         self._idle_send, self._idle = trio.open_memory_channel[tuple[Runner, int]](math.inf)
 
