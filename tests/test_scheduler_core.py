@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trio_periodic.protocol.job import Job
-from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.core import MISSING_ROW_TRIES, Scheduler
 from trio_periodic.scheduler.effects import Assign, Push
 from trio_periodic.scheduler.state import ConnState, JobState
 from trio_periodic.store.base import DeleteFunc, DeleteJob, PutFunc, PutJob, SetConfig
@@ -365,7 +365,7 @@ def test_claim_refused_gives_slot_back_and_waits_for_lease() -> None:
     core.submit(Job(b"f", b"b"), T0)
     core.dispatch(T0)
     [a] = assigns(core)
-    core.claim_failed(w.held[(b"f", a.job.name)], T0 + 30)
+    core.claim_failed(w.held[(b"f", a.job.name)], T0 + 30, T0)
     assert core.status(T0) == b"f,1,2,1,0,%d" % int(T0)  # one held elsewhere
     core.dispatch(T0)
     [b] = assigns(core)
@@ -376,15 +376,39 @@ def test_claim_refused_gives_slot_back_and_waits_for_lease() -> None:
     assert core.entry(b"f", a.job.name).state is JobState.PENDING
 
 
-def test_claim_refused_for_a_vanished_job_deletes_it() -> None:
+def test_claim_finding_no_row_retries_before_giving_the_job_up() -> None:
+    """No row usually means our own submit is not committed yet: retry, with a
+    growing pause; only a row that stays missing means the job is gone."""
+    core = Scheduler()
+    core.shared = True
+    w = worker(core, b"f")
+    core.submit(Job(b"f", b"a"), T0)
+    now = T0
+    for attempt in range(MISSING_ROW_TRIES):
+        core.tick(now)
+        [a] = assigns(core)
+        core.claim_failed(w.held[(b"f", a.job.name)], None, now)
+        assert w.slots == [1] and core.entry(b"f", b"a") is not None, attempt
+        core.tick(now + 0.005)
+        assert assigns(core) == []  # not hammered: it waits a little first
+        now = core.next_wakeup()
+    core.tick(now)
+    [a] = assigns(core)
+    core.claim_failed(w.held[(b"f", b"a")], None, now)
+    assert core.dump() == [] and w.slots == [1]
+
+
+def test_claim_succeeding_after_a_missing_row_runs_the_job() -> None:
     core = Scheduler()
     core.shared = True
     w = worker(core, b"f")
     core.submit(Job(b"f", b"a"), T0)
     core.dispatch(T0)
-    assigns(core)
-    core.claim_failed(w.held[(b"f", b"a")], None)
-    assert core.dump() == [] and w.slots == [1]
+    assert len(assigns(core)) == 1
+    core.claim_failed(w.held[(b"f", b"a")], None, T0)  # the row is not committed yet
+    core.tick(core.next_wakeup())
+    [again] = assigns(core)
+    assert again.job.name == b"a" and again.conn is w
 
 
 def test_remote_changes_are_mirrored_without_writing_back() -> None:

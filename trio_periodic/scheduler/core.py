@@ -94,6 +94,8 @@ RETRY_DELAY = 1.0
 #: How much longer than the job's timeout a cluster lease lasts (seconds), so
 #: that the holder's own timeout always fires before another server steps in.
 LEASE_GRACE = 5.0
+#: Claims that find no row before a job is taken for deleted (about 10 s in all).
+MISSING_ROW_TRIES = 12
 
 _INF = math.inf
 
@@ -123,6 +125,8 @@ class Scheduler:
         self.shared = False
         #: Jobs held by other servers, by lease expiry: (lease_until, seq, JobEntry).
         self.leases: SortedList = SortedList()
+        #: Jobs whose claim found no row, and how many times in a row.
+        self._unclaimable: dict[Handle, int] = {}
         self._seq = 0
         self._conn_ids = 0
         #: Totals since start, for /metrics.
@@ -664,21 +668,36 @@ class Scheduler:
         entry.lease = (lease_until, self._next_seq(), entry)
         self.leases.add(entry.lease)
 
-    def claim_failed(self, assignment: Assignment, lease_until: float | None) -> None:
+    def claim_failed(self, assignment: Assignment, lease_until: float | None, now: float) -> None:
         """The store refused our claim: another server holds the job (until
-        ``lease_until``) or it is gone (None).  The worker never saw the job;
-        its slot is free again."""
+        ``lease_until``) or it has no row (None).  The worker never saw the job;
+        its slot is free again.
+
+        No row usually means not *yet*: the submit that created the job here
+        is still on its way to the store (jobs are dispatched before their
+        commit).  A row another server deleted is reported by its
+        notification, which deletes the job here.  So the claim is retried
+        with a growing pause, and only a job that stays missing (a
+        notification lost while the listener reconnected) is dropped."""
         entry = assignment.entry
         conn = assignment.conn
         self._drop_assignment(assignment)
         self.add_slot(conn, assignment.msgid)
-        if entry.assignments or self.entry(entry.func, entry.name) is not entry:
+        handle = (entry.func, entry.name)
+        if entry.assignments or self.entry(*handle) is not entry:
             return
-        if lease_until is None:
+        if lease_until is not None:
+            self._unclaimable.pop(handle, None)
+            self._hold_elsewhere(entry, lease_until)
+            return
+        tries = self._unclaimable.get(handle, 0) + 1
+        if tries > MISSING_ROW_TRIES:
+            del self._unclaimable[handle]
             self._delete(entry)
             self._notify(entry.func, entry.name, RESULT_REMOVED)
-        else:
-            self._hold_elsewhere(entry, lease_until)
+            return
+        self._unclaimable[handle] = tries
+        self._hold_elsewhere(entry, now + min(0.01 * 2**tries, 2.0))
 
     def remote_apply(self, changes: Iterable[RemoteChange], now: float) -> None:
         """Mirror what other servers sharing the store did."""

@@ -37,7 +37,7 @@ from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
-from trio_periodic.store.base import Change, RemoteChange, Store
+from trio_periodic.store.base import Change, RemoteChange, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class SchedulerService:
         self.clock = clock
         self.shared = bool(getattr(store, "shared", False))
         core.shared = self.shared
+        # Cluster mode: assignments waiting for their claim (see _claimer).
+        self._to_claim: list[Assign] = []
+        self._claim_wake = trio.Event()
         self._wake = trio.Event()
         self._sleeping_until = math.inf
 
@@ -90,11 +93,34 @@ class SchedulerService:
             await self.store.commit(changes)
 
     async def publish(self, effects: list[Effect]) -> None:
-        """Deliver a batch's effects, claiming its assignments first when the
-        store is shared with other servers."""
+        """Deliver a batch's effects.  When the store is shared with other
+        servers, assignments go to the claimer task instead, which claims
+        everything queued meanwhile in one transaction before it delivers."""
         if self.shared:
-            effects = await self._claim(effects)
+            assigns = [e for e in effects if isinstance(e, Assign)]
+            if assigns:
+                effects = [e for e in effects if not isinstance(e, Assign)]
+                self._to_claim.extend(assigns)
+                self._claim_wake.set()
         self.deliver(effects)
+
+    async def _claimer(self) -> None:
+        """Cluster mode: claim queued assignments in batches, then deliver them."""
+        while True:
+            await self._claim_wake.wait()
+            self._claim_wake = trio.Event()
+            while self._to_claim:
+                batch, self._to_claim = self._to_claim, []
+                try:
+                    self.deliver(await self._claim(list[Effect](batch)))
+                except StoreError as exc:
+                    log.error("claiming %d jobs failed: %s", len(batch), exc)
+                    now = self.clock.now()
+                    for a in batch:
+                        held = a.conn.held.get((a.job.func, a.job.name))
+                        if held is not None and held.msgid == a.msgid:
+                            self.core.claim_failed(held, now + 1.0, now)  # retry in 1 s
+                    self.poke()
 
     async def _claim(self, effects: list[Effect]) -> list[Effect]:
         """Cluster mode: only assignments whose claim the store accepted go out.
@@ -115,7 +141,7 @@ class SchedulerService:
                 if handle in refused:
                     held = a.conn.held.get(handle)
                     if held is not None and held.msgid == a.msgid:
-                        self.core.claim_failed(held, refused[handle])
+                        self.core.claim_failed(held, refused[handle], now)
                 else:
                     out.append(a)
             if not refused:
@@ -128,7 +154,8 @@ class SchedulerService:
             if isinstance(e, Assign):
                 held = e.conn.held.get((e.job.func, e.job.name))
                 if held is not None and held.msgid == e.msgid:
-                    self.core.claim_failed(held, self.clock.now())
+                    now = self.clock.now()
+                    self.core.claim_failed(held, now, now)
             else:
                 out.append(e)
         self.poke()
@@ -191,6 +218,7 @@ class SchedulerService:
         async with trio.open_nursery() as nursery:
             if self.shared:
                 await nursery.start(partial(self.store.watch, self.remote_changes))  # type: ignore[attr-defined]
+                nursery.start_soon(self._claimer)
             task_status.started()
             await self._wake_loop()
 
