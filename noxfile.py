@@ -32,5 +32,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Load tests beside beanstalkd, gearmand and redis (`-- --quick`: a short run)."""
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[bench,postgres]")
     session.run("python", "-m", "bench", *session.posargs)

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.params import Params
+from bench.pg import Cluster, Databases, ensure_postgres
 from bench.scenarios import SCENARIOS
 from bench.servers import ALL_SERVERS, OURS, PEERS, make_specs
 
-DEFAULT_SERVERS = ("periodic-memory", "periodic-sqlite", "beanstalkd", "gearmand", "redis")
+DEFAULT_SERVERS = (
+    "periodic-memory",
+    "periodic-sqlite",
+    "periodic-pg",
+    "beanstalkd",
+    "gearmand",
+    "redis",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -50,9 +60,7 @@ def parser() -> argparse.ArgumentParser:
         "--servers",
         type=_csv(ALL_SERVERS),
         metavar="SERVER,...",
-        help="servers to measure: "
-        + ",".join(ALL_SERVERS)
-        + " (default: all but periodic-pg, which needs --pg-url)",
+        help="servers to measure: " + ",".join(ALL_SERVERS) + " (default: all)",
     )
     ap.add_argument(
         "--periodicd",
@@ -60,7 +68,12 @@ def parser() -> argparse.ArgumentParser:
         help="how to start our server; '-H tcp://127.0.0.1:PORT -p STORE --http off' is "
         "appended (default: the periodicd script next to this Python)",
     )
-    ap.add_argument("--pg-url", metavar="URL", help="PostgreSQL URL for periodic-pg")
+    ap.add_argument(
+        "--pg-url",
+        metavar="URL",
+        help="PostgreSQL database for periodic-pg and scale; its periodic_* tables are dropped "
+        "before each run (default: a throwaway cluster on 127.0.0.1, a fresh database per run)",
+    )
     ap.add_argument("--runs", type=int, help="runs per scenario (default 3, quick 1)")
     ap.add_argument(
         "--jobs",
@@ -99,7 +112,9 @@ def parser() -> argparse.ArgumentParser:
         help=f"where latest.json, latest.md and the PNGs go (default {RESULTS})",
     )
     ap.add_argument(
-        "--no-install", action="store_true", help="do not apt-get install missing peers"
+        "--no-install",
+        action="store_true",
+        help="do not apt-get install missing peers or PostgreSQL",
     )
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
@@ -109,6 +124,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    # SIGTERM unwinds like ^C, so that the servers and PostgreSQL are stopped in `finally`s
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     from rich.console import Console
 
     from bench import plots, report
@@ -126,11 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         slots_peer=args.peer_slots,
     )
     names = list(args.servers or DEFAULT_SERVERS)
-    if args.pg_url and not args.servers and "periodic-pg" not in names:
-        names.insert(2, "periodic-pg")
-    if "periodic-pg" in names and not args.pg_url:
-        console.print("[yellow]skipping periodic-pg[/]: no --pg-url given")
-        names.remove("periodic-pg")
     scenarios = list(args.only or SCENARIOS)
     peers = [n for n in names if n in PEERS]
     missing = {} if args.no_install else ensure_peers(peers, console.print)
@@ -144,17 +156,28 @@ def main(argv: list[str] | None = None) -> int:
         }
     for peer, reason in missing.items():
         console.print(f"[yellow]skipping {peer}[/]: {reason}")
-    names = [n for n in names if n not in missing]
-    specs = make_specs(names, args.periodicd, args.pg_url)
-    periodicd = next((list(s.periodicd) for s in specs if s.ours), [])
-    console.print(
-        f"[bold]bench[/]: {'quick' if params.quick else 'full'} mode, {params.runs} run(s); "
-        f"servers {', '.join(names)}; scenarios {', '.join(scenarios)}"
-    )
+    if "periodic-pg" in names and args.periodicd is None and (why := _psycopg_missing()):
+        missing["periodic-pg"] = why
+        console.print(f"[yellow]skipping periodic-pg and scale[/]: {why}")
     workdir = Path(tempfile.mkdtemp(prefix="trio-periodic-bench-"))
     t0 = time.monotonic()
+    dbs: Databases | None = None
     try:
-        raw = run_all(specs, scenarios, params, workdir, console)
+        if "periodic-pg" in names and "periodic-pg" not in missing:
+            dbs, why = _postgres(args, console)
+            if dbs is None:
+                missing["periodic-pg"] = why
+                console.print(f"[yellow]skipping periodic-pg and scale[/]: {why}")
+        names = [n for n in names if n not in missing]
+        specs = make_specs(names, args.periodicd, dbs.url if dbs else args.pg_url)
+        periodicd = next((list(s.periodicd) for s in specs if s.ours), [])
+        console.print(
+            f"[bold]bench[/]: {'quick' if params.quick else 'full'} mode, {params.runs} run(s); "
+            f"servers {', '.join(names)}; scenarios {', '.join(scenarios)}"
+        )
+        if dbs is not None:
+            console.print(f"PostgreSQL: {dbs.describe()}")
+        raw = run_all(specs, scenarios, params, workdir, console, dbs)
         for peer, reason in missing.items():
             raw.skipped_servers[peer] = reason
         summary = report.build_summary(raw, argv, periodicd)
@@ -166,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as exc:
                 console.print(f"[yellow]no plots[/]: {exc} (install the 'bench' extra)")
     finally:
+        if dbs is not None:
+            dbs.stop()
         if args.keep:
             console.print(f"work directory kept: {workdir}")
         else:
@@ -179,7 +204,39 @@ def main(argv: list[str] | None = None) -> int:
 
     console.print(Markdown(report.markdown_targets_text(summary)))
     failed = any(c.errors for cells in raw.cells.values() for c in cells.values())
-    ours_missing = [name for name in raw.skipped_servers if name in OURS]
+    dups = report.duplicates(summary)
+    if dups:
+        console.print(f"[bold red]FAILURE: jobs done twice[/]: {dups}")
+    # periodic-pg may be missing for want of PostgreSQL or psycopg: a skip, not a failure
+    ours_missing = [n for n in raw.skipped_servers if n in OURS and n not in missing]
     if ours_missing:
         console.print(f"[red]our server did not run[/]: {', '.join(ours_missing)}")
     return 1 if failed or ours_missing else 0
+
+
+def _postgres(args: argparse.Namespace, console: Any) -> tuple[Databases | None, str]:
+    """The user's database, or a throwaway cluster (installed if need be); else why not."""
+    if args.pg_url:
+        return Databases(args.pg_url), ""
+    bindir, why = ensure_postgres(not args.no_install, console.print)
+    if bindir is None:
+        return None, why
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        return None, f"the throwaway PostgreSQL cluster did not start: {exc}"
+    return cluster, ""
+
+
+def _psycopg_missing() -> str:
+    """Why the default periodicd (this Python's) cannot open a PostgreSQL store, or ''."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") and importlib.util.find_spec("psycopg_pool"):
+        return ""
+    return (
+        "psycopg is not installed next to periodicd: "
+        "pip install -e '.[postgres]' (the 'postgres' extra)"
+    )

@@ -211,10 +211,16 @@ def role_workers(
     total: int,
     deadline_s: float,
     slot: int = 0,
+    record: bool = False,
+    stall_s: float = 0.0,
 ) -> RoleResult:
     """Process jobs on ``conns`` connections until ``total`` jobs are done by all worker roles
     together or the deadline passes.  Each worker role publishes its count in its own
-    ``sync.done[slot]`` (single writer, no lock).  t_end = time of the last job done here."""
+    ``sync.done[slot]`` (single writer, no lock).  t_end = time of the last job done here.
+    With ``record`` the name of every job done is returned in ``extra["names"]`` (in order,
+    repeats included), so that the caller can count jobs done twice.  With ``stall_s`` > 0 the
+    role also stops when no worker role has done a job for that long (jobs lost by the server
+    would otherwise keep it waiting until the deadline); ``extra["stalled"]`` says so."""
     ws = _WorkerConns(target, func, conns, slots)
     items = ws.items
     res = RoleResult("workers")
@@ -227,6 +233,8 @@ def role_workers(
     counts = sync.done
     poll = ws.poll.poll
     monotonic = time.monotonic
+    seen: list[bytes] = []
+    progress, progress_at = 0, clock.t0
     while True:
         for fd, _ in poll(0.05):
             sock, worker, buf = items[fd]
@@ -242,9 +250,21 @@ def role_workers(
                 done += len(names)
                 last = monotonic()
                 counts[slot] = done
-        if sum(counts) >= total or monotonic() > deadline:
+                if record:
+                    seen += names
+        everyone = sum(counts)
+        now = monotonic()
+        if everyone >= total or now > deadline:
             break
+        if stall_s > 0:
+            if everyone != progress:
+                progress, progress_at = everyone, now
+            elif now - progress_at > stall_s:
+                res.extra["stalled"] = True
+                break
     res.count = done
+    if record:
+        res.extra["names"] = seen
     clock.finish(res, t_end=last)
     ws.close()
     return res

@@ -33,6 +33,9 @@ class Params:
     restart_fill_s: float = 90.0
     restart_reps: int = 3
     restart_wait_s: float = 120.0
+    scale_n: int = 20_000  # end-to-end jobs in each half of ``scale`` (PostgreSQL)
+    scale_s: float = 30.0
+    stall_s: float = 3.0  # end to end gives up when no job was done for this long
 
     @staticmethod
     def make(quick: bool, runs: int | None = None, **overrides: int | None) -> Params:
@@ -55,6 +58,8 @@ class Params:
                 restart_reps=1,
                 restart_wait_s=30.0,
                 slack_s=2.0,
+                scale_n=5_000,
+                scale_s=10.0,
             )
         else:
             p = Params(quick=False, runs=runs or 3)

@@ -1,5 +1,5 @@
 """Small blocking conversations used around the measurements: is the server up, is it
-serving (first job handed to a worker), how many jobs it holds, and cleaning up."""
+serving (first job handed to a worker), how many jobs it holds, and redis SAVE."""
 
 from __future__ import annotations
 
@@ -157,13 +157,3 @@ def redis_save(port: int) -> None:
         line = recv_until(sock, b"\r\n", bytearray())
         if line != b"+OK":
             raise ConnectionError(f"redis SAVE said {line!r}")
-
-
-def periodic_drop(port: int, funcs: list[bytes], timeout: float = 120.0) -> None:
-    """Forget ``funcs`` and their jobs (for stores that outlive the server: PostgreSQL)."""
-    with connect(HOST, port, timeout) as sock:
-        sock.settimeout(timeout)
-        pp.handshake(sock, pp.TYPE_CLIENT)
-        pp.request(sock, 1, pp.STATUS)  # makes every func known (SEMANTICS.md §8 quirk)
-        for i, func in enumerate(funcs, start=2):
-            pp.request(sock, i, 15, pp.str8(func))  # DROP_FUNC

@@ -82,6 +82,8 @@ TARGETS: list[tuple[str, str, str, str, str, Any]] = [
         "<=",
         10,
     ),
+    # no numeric target: the ratio two servers / one server, shown as measured
+    ("scale: 2 servers vs 1 on PostgreSQL", "scale", "periodic-pg", "ratio", "measured", None),
 ]
 
 BUSY = 0.85  # generator CPU/wall above which a figure is flagged
@@ -146,6 +148,7 @@ def build_summary(raw: RawResults, argv: list[str], periodicd: list[str]) -> dic
         "scenario_setup": describe(raw.params),
         "machine": machine(),
         "skipped_servers": raw.skipped_servers,
+        "database": raw.database,
         "results": {},
         "distributions": {},
         "ratios": {},
@@ -219,7 +222,15 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         cell = summary["results"].get(sc, {}).get(server, {})
         value = cell.get("metrics", {}).get(metric, {}).get("median", math.nan)
         status, shown = "not measured", math.nan
-        if cmp == "ratio":
+        if cmp == "measured":
+            if not math.isnan(value):
+                shown, status = value, "measured"
+            dups = cell.get("metrics", {}).get("duplicates", {}).get("max", 0) or 0
+            if dups:
+                status = f"**FAILED: {dups:.0f} jobs done twice**"
+            elif cell.get("errors"):
+                status += " (with errors, see below)"
+        elif cmp == "ratio":
             peer, factor = bound
             r = summary["ratios"].get(sc, {}).get(metric, {}).get(f"{server}/{peer}")
             if r and not math.isnan(r["median"]):
@@ -234,7 +245,7 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": label,
                 "value": shown,
                 "status": status,
-                "unit": "× peer" if cmp == "ratio" else metric,
+                "unit": {"ratio": "× peer", "measured": "×"}.get(cmp, metric),
             }
         )
     return rows
@@ -246,6 +257,8 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def fmt(value: float, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if unit == "jobs":  # counts
+        return f"{value:,.0f}"
     if unit in ("jobs/s", "") and abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 100:
@@ -284,6 +297,11 @@ def markdown(summary: dict[str, Any]) -> str:
         "wall (all threads).",
         "",
     ]
+    if summary.get("database"):
+        lines += [f"periodic-pg and scale: {summary['database']}.", ""]
+    dups = duplicates(summary)
+    if dups:
+        lines += [f"**FAILURE: jobs done twice: {dups}.**", ""]
     if summary["skipped_servers"]:
         lines += ["Skipped servers:", ""]
         lines += [f"- **{k}**: {v}" for k, v in summary["skipped_servers"].items()]
@@ -294,10 +312,22 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def duplicates(summary: dict[str, Any]) -> str:
+    """'' or a description of every run in which a job was done twice (scale)."""
+    found = []
+    for server, entry in summary["results"].get("scale", {}).items():
+        metrics = entry.get("metrics", {})
+        for key, label in (("duplicates", "2 servers"), ("one_duplicates", "1 server")):
+            worst = (metrics.get(key) or {}).get("max") or 0
+            if worst:
+                found.append(f"scale on {server}, {label}: up to {worst:.0f} jobs in one run")
+    return "; ".join(found)
+
+
 def _targets_md(summary: dict[str, Any]) -> list[str]:
     out = ["## Targets (issue 5)", "", "| target | measured | status |", "|---|---:|---|"]
     for row in summary["targets"]:
-        unit = "×" if row["unit"] == "× peer" and fmt(row["value"]) != "–" else ""
+        unit = "×" if row["unit"] in ("× peer", "×") and fmt(row["value"]) != "–" else ""
         out.append(f"| {row['target']} | {fmt(row['value'])}{unit} | {row['status']} |")
     return [*out, ""]
 
@@ -312,7 +342,7 @@ def _ratios_md(summary: dict[str, Any]) -> list[str]:
         "Higher is better for throughput; lower is better for latency, lateness, memory and "
         "restart time.",
         "",
-        "| scenario | metric | ours | value | " + " | ".join(peers) + " |",
+        "| scenario | metric | ours | value |" + "".join(f" {p} |" for p in peers),
         "|---|---|---|---:|" + "---:|" * len(peers),
     ]
     for sc, metrics in summary["ratios"].items():
@@ -330,9 +360,8 @@ def _ratios_md(summary: dict[str, Any]) -> list[str]:
                     else:
                         cells.append("–")
                 out.append(
-                    f"| {sc} | {metric} | {ours} | {fmt(mine['median'])} | "
-                    + " | ".join(cells)
-                    + " |"
+                    f"| {sc} | {metric} | {ours} | {fmt(mine['median'])} |"
+                    + "".join(f" {c} |" for c in cells)
                 )
     return [*out, ""]
 
@@ -346,6 +375,13 @@ def _scenario_md(sc: str, res: dict[str, Any], summary: dict[str, Any]) -> list[
         + " | gen | srv | notes |"
     )
     out += [head, "|---|" + "---:|" * (len(scen.metrics) + 2) + "---|"]
+    if sc == "scale":  # only periodic-pg has a cluster mode; the others would be noise
+        res = {k: v for k, v in res.items() if k == "periodic-pg"}
+        if not res:
+            why = summary["skipped_servers"].get("periodic-pg", "periodic-pg was not selected")
+            out.append(
+                "| periodic-pg | " + " | ".join("–" for _ in scen.metrics) + f" | | | {why} |"
+            )
     for server, entry in res.items():
         if entry.get("skipped"):
             out.append(

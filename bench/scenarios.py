@@ -3,9 +3,11 @@ starts its own) and returns an :class:`Outcome`: metrics, generator and server C
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ from bench.loadgen import (
     run_roles,
 )
 from bench.params import Params
-from bench.procs import HOST, Server, cpu_seconds, rss_bytes
+from bench.pg import Databases
+from bench.procs import HOST, Server, cpu_seconds, rss_bytes, running
 from bench.servers import ServerSpec
 from bench.stats import percentile
 
@@ -149,6 +152,7 @@ def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str)
                 total=p.e2e_n,
                 deadline_s=p.e2e_s,
                 slot=k + 1,
+                stall_s=p.stall_s,
             ),
         )
         for k, c in enumerate(split)
@@ -164,7 +168,12 @@ def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str)
         util,
     )
     if done < p.e2e_n:
-        out.notes.append(f"only {done} of {p.e2e_n} jobs done within {p.e2e_s:.0f}s")
+        why = (
+            f"no job done for {p.stall_s:g}s"
+            if any(r.extra.get("stalled") for r in workers)
+            else f"deadline {p.e2e_s:g}s"
+        )
+        out.notes.append(f"only {done} of {p.e2e_n} jobs done ({why})")
     return out
 
 
@@ -371,6 +380,139 @@ def restart(
     return outs
 
 
+# ------------------------------------------------------------------------------ scale
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
+def _scale_half(
+    spec: ServerSpec, workdir: Path, p: Params, tag: str, count: int, dbs: Databases
+) -> dict[str, Any]:
+    """End to end on ``count`` periodicd processes sharing one fresh database.
+
+    Always two submitters (``scale_n`` / 2 jobs each, names ``a…`` and ``b…``) and
+    ``p.workers`` worker connections in ``p.worker_procs`` processes, so that only the number
+    of servers changes: with two servers, submitter k and the worker connections are split
+    evenly between them."""
+    func = tag.encode()
+    n = p.scale_n
+    with dbs.fresh(f"{tag}-{count}") as url, contextlib.ExitStack() as stack:
+        s = replace(spec, pg_url=url)
+        servers = [s.make(workdir / f"{count}-servers-{k}") for k in range(count)]
+        for server in servers:  # one after the other: the first one creates the tables
+            stack.enter_context(running(server))
+            probes.wait_ping(spec.kind, server.port, 30.0, server.alive)
+        targets = [Target(spec.kind, HOST, server.port) for server in servers]
+        roles = [
+            Role(
+                role_submit,
+                dict(
+                    target=targets[k % count],
+                    func=func,
+                    prefix="ab"[k],
+                    n=part,
+                    window=p.window,
+                    deadline_s=p.scale_s,
+                ),
+            )
+            for k, part in enumerate(_split(n, 2))
+        ]
+        procs_per_server = max(1, min(p.worker_procs, p.workers) // count)
+        for target, conns in zip(targets, _split(p.workers, count), strict=True):
+            for c in _split(conns, min(procs_per_server, conns)):
+                roles.append(
+                    Role(
+                        role_workers,
+                        dict(
+                            target=target,
+                            func=func,
+                            conns=c,
+                            slots=_slots(spec, p),
+                            total=n,
+                            deadline_s=p.scale_s,
+                            slot=len(roles),
+                            record=True,
+                            stall_s=p.stall_s,
+                        ),
+                    )
+                )
+        c0 = [cpu_seconds(server.pid) for server in servers]
+        d0 = dbs.db_cpu()
+        results = run_roles(roles, p.scale_s + GRACE)
+        c1 = [cpu_seconds(server.pid) for server in servers]
+        d1 = dbs.db_cpu()
+    subs = [r for r in results if r.role == "submit"]
+    workers = [r for r in results if r.role == "workers"]
+    names = Counter(name for r in workers for name in r.extra["names"])
+    done = sum(r.count for r in workers)
+    span = max(r.t_end for r in workers) - min(r.t_start for r in subs)
+    cpu_span = max(float(r.extra.get("cpu_wall", r.wall)) for r in results)
+    return {
+        "jobs_per_s": done / span if span > 0 else float("nan"),
+        "seconds": span,
+        "done": done,
+        "accepted": sum(r.count for r in subs),
+        "duplicates": sum(c - 1 for c in names.values() if c > 1),
+        "missing": n - len(names),
+        "stalled": any(r.extra.get("stalled") for r in workers),
+        "srv_util": sum(b - a for a, b in zip(c0, c1, strict=True)) / max(cpu_span, 1e-9),
+        "db_util": (d1 - d0) / max(cpu_span, 1e-9),
+        "gen": _gen(results),
+    }
+
+
+def scale(
+    spec: ServerSpec,
+    workdir: Path,
+    p: Params,
+    tag: str,
+    dbs: Databases,
+    run: int = 0,
+    on_step: Callable[[str], None] | None = None,
+) -> list[Outcome]:
+    """End-to-end throughput on one periodicd vs two periodicd on one PostgreSQL database,
+    and whether any job was done twice.  The order alternates between runs (1 then 2, 2 then
+    1, …) so that drift over the run does not favour either."""
+    step = on_step or (lambda _msg: None)
+    halves: dict[int, dict[str, Any]] = {}
+    for count in (1, 2) if run % 2 == 0 else (2, 1):
+        step(f"{count} server{'s' if count > 1 else ''}")
+        halves[count] = _scale_half(spec, workdir, p, tag, count, dbs)
+    one, two = halves[1], halves[2]
+    out = Outcome(
+        {
+            "one_jobs_per_s": one["jobs_per_s"],
+            "two_jobs_per_s": two["jobs_per_s"],
+            "ratio": two["jobs_per_s"] / one["jobs_per_s"] if one["jobs_per_s"] else float("nan"),
+            "duplicates": two["duplicates"],
+            "missing": two["missing"],
+            "one_duplicates": one["duplicates"],
+            "one_missing": one["missing"],
+            "one_seconds": one["seconds"],
+            "two_seconds": two["seconds"],
+            "one_srv_util": one["srv_util"],
+            "two_srv_util": two["srv_util"],
+            "one_db_util": one["db_util"],
+            "two_db_util": two["db_util"],
+        },
+        one["gen"] + two["gen"],
+        two["srv_util"],
+    )
+    for count, half in sorted(halves.items()):
+        label = "1 server" if count == 1 else "2 servers"
+        if half["duplicates"]:
+            out.notes.append(f"DUPLICATES: {half['duplicates']} jobs done twice ({label})")
+        if half["missing"] > 0:
+            why = f"no job done for {p.stall_s:g}s" if half["stalled"] else "deadline"
+            out.notes.append(
+                f"{label}: {half['missing']} of {p.scale_n} jobs never done ({why}; "
+                f"{half['accepted']} submits accepted)"
+            )
+    return [out]
+
+
 # ------------------------------------------------------------------------------ registry
 
 
@@ -395,6 +537,14 @@ def _restartable(spec: ServerSpec) -> str | None:
     if spec.kind == "gearmand":
         return "not measured (gearmand needs a persistent queue module such as libsqlite3)"
     return None
+
+
+def _clustered(spec: ServerSpec) -> str | None:
+    if spec.name == "periodic-pg":
+        return None
+    if spec.ours:
+        return "cluster mode needs the PostgreSQL store (periodic-pg)"
+    return "no shared-store cluster mode to compare"
 
 
 def _m(key: str, label: str, unit: str, higher: bool) -> Metric:
@@ -483,6 +633,25 @@ SCENARIOS: dict[str, Scenario] = {
             None,
             _restartable,
         ),
+        Scenario(
+            "scale",
+            "Scale: two periodicd on one PostgreSQL database vs one",
+            (
+                _m("one_jobs_per_s", "1 server", "jobs/s", True),
+                _m("two_jobs_per_s", "2 servers", "jobs/s", True),
+                _m("ratio", "2 / 1", "×", True),
+                _m("duplicates", "done twice, 2 servers", "jobs", False),
+                _m("missing", "never done, 2 servers", "jobs", False),
+                _m("one_missing", "never done, 1 server", "jobs", False),
+                _m("one_srv_util", "srv, 1 server", "CPU/wall", False),
+                _m("two_srv_util", "srv, 2 servers", "CPU/wall", False),
+                _m("one_db_util", "PostgreSQL, 1 server", "CPU/wall", False),
+                _m("two_db_util", "PostgreSQL, 2 servers", "CPU/wall", False),
+            ),
+            (),
+            None,
+            _clustered,
+        ),
     )
 }
 
@@ -504,4 +673,12 @@ def describe(p: Params) -> dict[str, Any]:
         "memory": f"RSS before and after {p.memory_n:,} pending jobs (≤{p.memory_s:g}s fill)",
         "restart": f"{p.restart_n:,} jobs stored, stop, start ×{p.restart_reps}: "
         "time to PING and to the first job",
+        "scale": f"end to end with {p.scale_n:,} jobs (≤{p.scale_s:g}s) on ONE periodicd on "
+        "PostgreSQL, then on TWO periodicd sharing one PostgreSQL database (cluster mode; "
+        "the order alternates between runs), each half on a fresh database. Both halves use "
+        f"2 submitters ({p.scale_n // 2:,} jobs each, window {p.window}) and {p.workers} "
+        f"worker connections in {p.worker_procs} processes ({p.slots_ours} GRAB_JOB slots "
+        "each); with two servers submitters and worker connections are split evenly between "
+        "them. Workers record every job name: *done twice* counts names received more than "
+        "once (must be 0). *srv* sums the periodicd processes",
     }

@@ -1,0 +1,49 @@
+"""The scale row of the targets table and the duplicate check, on hand-made summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import report
+from bench.pg import _with_db
+from bench.scenarios import SCENARIOS, _split
+from bench.servers import make_specs
+from bench.stats import summarize
+
+
+def _summary(dups: float) -> dict[str, Any]:
+    metrics = {
+        "ratio": summarize([1.2, 1.1, 1.3]),
+        "duplicates": summarize([0.0, dups, 0.0]),
+        "one_duplicates": summarize([0.0, 0.0, 0.0]),
+    }
+    cell: dict[str, Any] = {"metrics": metrics, "errors": [], "skipped": None}
+    return {"results": {"scale": {"periodic-pg": cell}}, "ratios": {}}
+
+
+def test_scale_target_is_measured() -> None:
+    summary = _summary(0)
+    row = next(r for r in report._targets(summary) if r["target"].startswith("scale"))
+    assert row["status"] == "measured"
+    assert row["value"] == 1.2
+    assert report.duplicates(summary) == ""
+
+
+def test_a_duplicate_fails_the_scale_target() -> None:
+    summary = _summary(3)
+    row = next(r for r in report._targets(summary) if r["target"].startswith("scale"))
+    assert "FAILED: 3 jobs done twice" in row["status"]
+    assert "up to 3 jobs" in report.duplicates(summary)
+
+
+def test_scale_applies_to_periodic_pg_only() -> None:
+    specs = make_specs(["periodic-memory", "periodic-pg", "redis"], "periodicd", "")
+    reasons = {s.name: SCENARIOS["scale"].applies(s) for s in specs}
+    assert reasons["periodic-pg"] is None
+    assert reasons["periodic-memory"] and reasons["redis"]
+
+
+def test_split_and_database_url() -> None:
+    assert _split(5, 2) == [3, 2]
+    assert _split(4, 1) == [4]
+    assert _with_db("postgresql://u@127.0.0.1:5/postgres", "b_1") == "postgresql://u@127.0.0.1:5/b_1"
