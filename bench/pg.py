@@ -1,6 +1,6 @@
 """PostgreSQL for ``periodic-pg`` and ``scale``: a throwaway cluster, or the user's URL.
 
-The throwaway cluster follows ``tests/pg_fixture.py``: ``initdb`` into a temporary
+The throwaway cluster (the tests' PostgreSQL fixture uses it too): ``initdb`` into a temporary
 directory (as the ``postgres`` system user when we run as root: PostgreSQL refuses root),
 started with ``pg_ctl`` on 127.0.0.1 with a free port and its unix socket in that directory,
 PostgreSQL's default settings otherwise (``fsync`` on, ``synchronous_commit`` on).  ``stop``
@@ -95,7 +95,7 @@ def _ensure_user(user: str) -> None:
         )  # fmt: skip
 
 
-def _with_db(url: str, dbname: str) -> str:
+def with_db(url: str, dbname: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
@@ -242,7 +242,7 @@ class Cluster(Databases):
         name = f"{re.sub(r'[^a-z0-9]+', '_', tag.lower())}_{uuid.uuid4().hex[:8]}"
         run_sql(self.url, f'CREATE DATABASE "{name}"', psql=self._psql())
         try:
-            yield _with_db(self.url, name)
+            yield with_db(self.url, name)
         finally:
             drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
             with contextlib.suppress(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import report
-from bench.pg import _with_db
+from bench.pg import with_db
 from bench.scenarios import SCENARIOS, _split
 from bench.servers import make_specs
 from bench.stats import summarize
@@ -46,4 +46,4 @@ def test_scale_applies_to_periodic_pg_only() -> None:
 def test_split_and_database_url() -> None:
     assert _split(5, 2) == [3, 2]
     assert _split(4, 1) == [4]
-    assert _with_db("postgresql://u@127.0.0.1:5/postgres", "b_1") == "postgresql://u@127.0.0.1:5/b_1"
+    assert with_db("postgresql://u@127.0.0.1:5/postgres", "b_1") == "postgresql://u@127.0.0.1:5/b_1"
