@@ -198,13 +198,14 @@ class SchedulerService:
             self.deliver(effects)
 
     async def settle(self) -> None:
-        """Finish a batch that has no acknowledgement waiting on it."""
+        """Finish a batch that has no acknowledgement waiting on it (slots
+        armed, a connection gone, jobs expired by the wake-up loop)."""
         effects, changes = self.finish_batch()
         if changes:
             try:
                 await self.commit(changes)
-            except Exception:
-                log.exception("store commit failed for background changes")
+            except StoreError as exc:
+                log.error("store commit failed for background changes: %s", exc)
         await self.publish(effects)
 
     # ------------------------------------------------------------ wake-ups
@@ -226,7 +227,7 @@ class SchedulerService:
         core = self.core
         while True:
             core.tick(self.clock.now())
-            await self.settle_tick()
+            await self.settle()
             self._sleeping_until = core.next_wakeup()
             if not core.candidates:
                 # The cancel scope below enforces the earliest job timeout / due time.
@@ -235,12 +236,3 @@ class SchedulerService:
             self._sleeping_until = -math.inf
             self._wake = trio.Event()
             await trio.lowlevel.checkpoint()
-
-    async def settle_tick(self) -> None:
-        effects, changes = self.core.take_effects(), self.core.take_changes()
-        if changes:
-            try:
-                await self.commit(changes)
-            except Exception:
-                log.exception("store commit failed for expired jobs")
-        await self.publish(effects)
