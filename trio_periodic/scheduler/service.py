@@ -37,7 +37,7 @@ from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
-from trio_periodic.store.base import Change, RemoteChange, Store, StoreError
+from trio_periodic.store.base import Change, RemoteChange, SharedStore, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,11 @@ class SchedulerService:
         self.core = core
         self.store = store
         self.clock = clock
-        self.shared = bool(getattr(store, "shared", False))
+        # Cluster mode: a store several servers share (claim / watch).
+        self.cluster: SharedStore | None = None
+        if getattr(store, "shared", False) and isinstance(store, SharedStore):
+            self.cluster = store
+        self.shared = self.cluster is not None
         core.shared = self.shared
         # Cluster mode: assignments waiting for their claim (see _claimer).
         self._to_claim: list[Assign] = []
@@ -135,7 +139,8 @@ class SchedulerService:
                 return out
             now = self.clock.now()
             claims = {(a.job.func, a.job.name): now + a.job.timeout + LEASE_GRACE for a in assigns}
-            refused = await self.store.claim([(f, n, t) for (f, n), t in claims.items()])  # type: ignore[attr-defined]
+            assert self.cluster is not None
+            refused = await self.cluster.claim([(f, n, t) for (f, n), t in claims.items()])
             for a in assigns:
                 handle = (a.job.func, a.job.name)
                 if handle in refused:
@@ -217,8 +222,8 @@ class SchedulerService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            if self.shared:
-                await nursery.start(partial(self.store.watch, self.remote_changes))  # type: ignore[attr-defined]
+            if self.cluster is not None:
+                await nursery.start(partial(self.cluster.watch, self.remote_changes))
                 nursery.start_soon(self._claimer)
             task_status.started()
             await self._wake_loop()

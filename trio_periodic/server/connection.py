@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_periodic.protocol.connection import Registered, ServerConnection
+from trio_periodic.protocol.connection import Registered, Request, ServerConnection
 from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.errors import RemoteProtocolError
 from trio_periodic.protocol.frames import Registration, encode_raw_frame
@@ -217,7 +217,7 @@ class ServerSideConnection:
                 return
             proto.receive_data(data)
             # Act on every good frame before a bad one, then close.
-            events: list[object] = []
+            events: list[Registered | Request] = []
             error: RemoteProtocolError | None = None
             try:
                 while (event := proto.next_event()) is not None:
@@ -231,7 +231,7 @@ class ServerSideConnection:
 
     # ----------------------------------------------------------- batches
 
-    async def _handle(self, events: list[object]) -> None:
+    async def _handle(self, events: list[Registered | Request]) -> None:
         core = self.core
         now = self.service.clock.now()
         durable = self.service.store.durable
@@ -248,7 +248,7 @@ class ServerSideConnection:
                 self._state = core.connect(reg.is_worker, sink=self)
                 self.push_frame(self.proto.accept(self.server.new_conn_id()))
                 continue
-            msgid, packet = event.msgid, event.packet  # type: ignore[attr-defined]
+            msgid, packet = event.msgid, event.packet
             if not self._allowed(packet):
                 immediate.append(encode_raw_frame(msgid, Cmd.NO_WORKER))
                 continue

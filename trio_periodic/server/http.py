@@ -46,6 +46,7 @@ from trio_periodic.protocol.packets import Data
 from trio_periodic.store.base import StoreError
 
 if TYPE_CHECKING:
+    from trio_periodic.scheduler.core import Scheduler
     from trio_periodic.server.app import Server
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class HttpApi:
         self.server = server
 
     @property
-    def core(self):  # type: ignore[no-untyped-def]
+    def core(self) -> Scheduler:
         return self.server.core
 
     # -------------------------------------------------------------- serving
@@ -317,17 +318,18 @@ class HttpApi:
 
     async def _metrics(self, query: Any, body: bytes) -> Response:
         core = self.core
+        rows = core.status_rows(self.server.service.clock.now())
         lines = []
-        for metric, help_text, index in (
-            ("periodic_workers", "Worker connections registered for the function.", 1),
-            ("periodic_jobs", "Jobs stored for the function, in any state.", 2),
-            ("periodic_jobs_processing", "Jobs held by workers.", 3),
-            ("periodic_jobs_locked", "Jobs parked on a lock.", 4),
+        for metric, help_text, field in (
+            ("periodic_workers", "Worker connections registered for the function.", "workers"),
+            ("periodic_jobs", "Jobs stored for the function, in any state.", "jobs"),
+            ("periodic_jobs_processing", "Jobs held by workers.", "processing"),
+            ("periodic_jobs_locked", "Jobs parked on a lock.", "locked"),
         ):
             lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-            for row in core.status_rows(self.server.service.clock.now()):
+            for row in rows:
                 label = json.dumps(_text(row.func))
-                lines.append(f"{metric}{{func={label}}} {row[index]}")
+                lines.append(f"{metric}{{func={label}}} {getattr(row, field)}")
         for key, value in core.counters.items():
             metric = f"periodic_jobs_{key}_total"
             lines += [f"# TYPE {metric} counter", f"{metric} {value}"]

@@ -22,9 +22,11 @@ Changes are small value objects so that a store can translate them into SQL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+import trio
 
 from trio_periodic.protocol.job import Job
 
@@ -141,4 +143,26 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Flush and close.  Safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store several servers share (``shared`` is True): cluster mode."""
+
+    async def claim(
+        self, claims: Sequence[tuple[bytes, bytes, float]]
+    ) -> dict[tuple[bytes, bytes], float | None]:
+        """Claim each (func, name) until its lease_until (epoch s), in one
+        transaction; return the ones refused, mapped to the holder's lease_until
+        or None when there is no row."""
+        ...
+
+    async def watch(
+        self,
+        on_changes: Callable[[list[RemoteChange]], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Report what other servers change, until cancelled."""
         ...
