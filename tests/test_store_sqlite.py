@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,19 @@ async def test_a_bad_batch_fails_only_its_caller(
     assert await stored_names(path) == {b"lead", b"a", b"b"}
 
 
+async def _commit_one(
+    store: SqliteStore,
+    returned: list[bytes],
+    scopes: dict[bytes, trio.CancelScope],
+    name: bytes,
+) -> None:
+    """Commit one job in its own cancel scope; note the name once commit returns."""
+    with trio.CancelScope() as scope:
+        scopes[name] = scope
+        await store.commit([PutJob(Job(b"f", name))])
+        returned.append(name)
+
+
 async def test_cancelled_while_queued_is_withdrawn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,12 +268,7 @@ async def test_cancelled_while_queued_is_withdrawn(
     store = SqliteStore(path)
     returned: list[bytes] = []
     scopes: dict[bytes, trio.CancelScope] = {}
-
-    async def one(name: bytes) -> None:
-        with trio.CancelScope() as scope:
-            scopes[name] = scope
-            await store.commit([PutJob(Job(b"f", name))])
-            returned.append(name)
+    one = partial(_commit_one, store, returned, scopes)
 
     with trio.fail_after(TIMEOUT):
         await store.open()
@@ -285,12 +294,7 @@ async def test_cancelled_in_flight_waits_for_the_truth(
     store = SqliteStore(path)
     returned: list[bytes] = []
     scopes: dict[bytes, trio.CancelScope] = {}
-
-    async def one(name: bytes) -> None:
-        with trio.CancelScope() as scope:
-            scopes[name] = scope
-            await store.commit([PutJob(Job(b"f", name))])
-            returned.append(name)
+    one = partial(_commit_one, store, returned, scopes)
 
     with trio.fail_after(TIMEOUT):
         await store.open()
