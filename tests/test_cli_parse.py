@@ -6,7 +6,7 @@ import pytest
 from cyclopts import CycloptsError
 
 from trio_periodic.cli import UsageError, parse, run_cli
-from trio_periodic.cli_commands import (
+from trio_periodic.cli.invocation import (
     ConfigGet,
     ConfigSet,
     Drop,
@@ -227,7 +227,7 @@ def test_help_comes_from_docstrings(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_keygen_parses_the_reference_form() -> None:
-    from trio_periodic.cli_commands import Keygen
+    from trio_periodic.cli.invocation import Keygen
 
     assert parse(["keygen", "server"]).command == Keygen("server", 256)  # type: ignore[union-attr]
     assert parse(["keygen", "server", "-s", "128"]).command == Keygen("server", 128)  # type: ignore[union-attr]

@@ -16,8 +16,8 @@ import trio
 from conftest import RunningServer
 
 from trio_periodic import Client, Job, Worker
-from trio_periodic.cli_commands import WorkerCmd
-from trio_periodic.cli_worker import ExecOutcome, RunnerPool, exec_job, process_job
+from trio_periodic.cli.exec_worker import ExecOutcome, RunnerPool, exec_job, process_job
+from trio_periodic.cli.invocation import WorkerCmd
 from trio_periodic.client import Done, Fail, JobFailed, SchedLater
 
 LIMIT = 15
@@ -277,7 +277,7 @@ done
 
 
 def test_parse_size() -> None:
-    from trio_periodic.cli_process import parse_size
+    from trio_periodic.cli.process import parse_size
 
     assert parse_size("1024") == 1024
     assert parse_size("512k") == 512 * 1024

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from trio_periodic.cli_commands import (
+from trio_periodic.cli.invocation import (
     Command,
     ConfigGet,
     ConfigSet,

@@ -26,8 +26,8 @@ from functools import partial
 
 import trio
 
-from trio_periodic.cli_commands import ExecWorker, Globals, WorkerCmd
-from trio_periodic.cli_process import (
+from trio_periodic.cli.invocation import ExecWorker, Globals, WorkerCmd
+from trio_periodic.cli.process import (
     LineReader,
     SpawnError,
     run_child,

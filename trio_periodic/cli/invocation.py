@@ -2,8 +2,8 @@
 
 Parsing (:mod:`trio_periodic.cli`) turns argv into an :class:`Invocation`:
 the global options plus one command object below.  Executing it is the job
-of :mod:`trio_periodic.cli_client` (one request to a server) and
-:mod:`trio_periodic.cli_worker` (workers running processes).  Keeping the
+of :mod:`trio_periodic.cli.client_runner` (one request to a server) and
+:mod:`trio_periodic.cli.exec_worker` (workers running processes).  Keeping the
 two apart lets the tests check every parse without a server.
 """
 

@@ -1,0 +1,238 @@
+"""Global options, then parse and execute a ``periodic`` command line.
+
+Parsing and executing are separate: :func:`parse` turns argv into an
+:class:`~trio_periodic.cli.invocation.Invocation` (every command function of
+the command modules only builds its command object), and :func:`execute` runs
+it.  Errors of either kind end as one line on stderr and a non-zero exit
+status, never a traceback.  ``periodic -d`` (the seed README's form) runs the
+server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Annotated, Any
+
+from cyclopts import CycloptsError, Parameter
+
+# The command modules register their commands on `app` when imported.
+from trio_periodic.cli import client_commands, server_commands, worker_command
+from trio_periodic.cli.app import GLOBAL, PROG, UsageError, app
+from trio_periodic.cli.invocation import (
+    Command,
+    ExecWorker,
+    Globals,
+    Invocation,
+    Keygen,
+    Serve,
+    WorkerCmd,
+)
+
+__all__ = ["UsageError", "app", "execute", "main", "parse", "run_cli"]
+_COMMAND_MODULES = (client_commands, server_commands, worker_command)
+
+# ------------------------------------------------------------------------ global options
+
+_PARSE = {"result_action": "return_value", "exit_on_error": False, "print_error": False}
+
+
+@app.meta.default
+def _periodic(
+    *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
+    host: Annotated[
+        list[str] | None,
+        Parameter(name=["--host", "-H"], env_var="PERIODIC_PORT", group=GLOBAL),
+    ] = None,
+    client_name: Annotated[
+        str | None, Parameter(env_var="PERIODIC_CLIENT_NAME", group=GLOBAL)
+    ] = None,
+    client_token: Annotated[
+        str | None, Parameter(env_var="PERIODIC_CLIENT_TOKEN", group=GLOBAL)
+    ] = None,
+    daemon: Annotated[bool, Parameter(name=["-d", "--daemon"], group=GLOBAL)] = False,
+) -> Invocation | None:
+    """Global options.
+
+    Parameters
+    ----------
+    host
+        Server URL: unix:///PATH, tcp://HOST:PORT or ws://HOST:PORT/PATH
+        (default unix:///tmp/periodic.sock).  With -d or serve: listen here (repeatable).
+    client_name
+        Identity name, for servers with an auth file (with --client-token).
+    client_token
+        Identity token (with --client-name).
+    daemon
+        Run the server (the seed README's `periodic -d`); the same as `periodic serve`.
+    """
+    if (client_name is None) != (client_token is None):
+        raise UsageError("--client-name and --client-token must be provided together")
+    g = Globals(tuple(host or ()), client_name, client_token)
+    if daemon:
+        if tokens:
+            raise UsageError(f"-d runs the server and takes no command (got {tokens[0]!r})")
+        env = os.environ
+        serve = Serve(
+            g.hosts,
+            env.get("PERIODIC_PATH") or None,
+            env.get("PERIODIC_LOG") or "INFO",
+            env.get("PERIODIC_HTTP") or None,
+        )
+        return Invocation(g, serve)
+    command: Command | None = app(tokens, **_PARSE)  # type: ignore[arg-type]
+    if command is None:  # --help / --version printed, or no command: help printed
+        return None
+    if isinstance(command, Serve):
+        command = replace(command, hosts=g.hosts)
+    return Invocation(g, command)
+
+
+# Options of `worker` that take a value, so that FUNC can be found without `--`.
+_WORKER_VALUE_OPTS = frozenset(
+    {"--thread", "--timeout", "--lock-name", "--lock-count", "--retry-secs", "--ready-timeout"}
+)
+_GLOBAL_VALUE_OPTS = frozenset({"-H", "--host", "--client-name", "--client-token"})
+
+
+def _add_worker_separator(argv: list[str]) -> list[str]:
+    """``worker [OPTS] FUNC CMD ARGS…`` → ``worker [OPTS] FUNC -- CMD ARGS…``.
+
+    The reference periodic-run takes the first non-option as FUNC and the
+    rest as the command; cyclopts would read the command's own options as
+    ours.  With an explicit ``--`` nothing changes.
+    """
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in _GLOBAL_VALUE_OPTS else 1
+    if i >= len(argv) or argv[i] != "worker" or "--" in argv[i:]:
+        return argv
+    j = i + 1
+    while j < len(argv) and argv[j].startswith("-"):
+        j += 2 if argv[j] in _WORKER_VALUE_OPTS or argv[j] in _GLOBAL_VALUE_OPTS else 1
+    if j + 1 >= len(argv):
+        return argv
+    return [*argv[: j + 1], "--", *argv[j + 1 :]]
+
+
+def parse(argv: Sequence[str]) -> Invocation | None:
+    """Parse a command line (without the program name).
+
+    Returns None when help or the version was printed.  Raises
+    :class:`cyclopts.CycloptsError` or :class:`UsageError` for a bad command line.
+    """
+    tokens = _add_worker_separator(list(argv))
+    result: Invocation | None = app.meta(tokens, **_PARSE)  # type: ignore[arg-type]
+    return result
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def error(message: str) -> None:
+    """Print ``periodic: message`` on stderr (the only way errors are reported)."""
+    print(f"{PROG}: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def execute(inv: Invocation) -> int:
+    """Run a parsed command line; return the exit status."""
+    from trio_periodic.client.errors import PeriodicError
+    from trio_periodic.protocol import ProtocolError
+
+    command = inv.command
+    try:
+        if isinstance(command, Serve):
+            return _serve(command)
+        if isinstance(command, Keygen):
+            return _keygen(command)
+        import trio
+
+        if isinstance(command, ExecWorker | WorkerCmd):
+            from trio_periodic.cli.exec_worker import run_worker
+
+            _configure_logging()
+            return trio.run(run_worker, inv.globals, command)
+        from trio_periodic.cli.client_runner import CliError, run_client
+
+        try:
+            return trio.run(run_client, inv.globals, command)
+        except CliError as exc:
+            error(str(exc))
+            return 1
+    except BaseException as exc:  # the one place errors become exit statuses
+        leaf = _single(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+        if isinstance(leaf, PeriodicError | ProtocolError | ValueError | OSError):
+            error(str(leaf) or type(leaf).__name__)
+            return 1
+        raise
+
+
+def _keygen(command: Keygen) -> int:
+    from trio_periodic.cli.keygen import KeygenError, generate_key_files
+
+    try:
+        private, public = generate_key_files(command.file, command.size)
+    except (KeygenError, OSError) as exc:
+        error(str(exc))
+        return 1
+    print(f"Keys written to {private} and {public}")
+    return 0
+
+
+def _serve(command: Serve) -> int:
+    from trio_periodic.server import daemon
+
+    options: dict[str, Any] = {"log_level": command.log}
+    if command.http is not None:
+        options["http"] = command.http
+    if command.max_frame_size is not None:
+        options["max_frame_size"] = command.max_frame_size
+    if command.auth_file is not None:
+        options["auth_file"] = command.auth_file
+    return daemon.run(list(command.hosts) or None, command.path, **options)
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("PERIODIC_LOG", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"{PROG}: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    """Parse and execute; return the exit status."""
+    try:
+        inv = parse(argv)
+    except (CycloptsError, UsageError) as exc:
+        error(f"{exc} (see '{PROG} --help')")
+        return 2
+    if inv is None:
+        return 0
+    return execute(inv)
+
+
+def main() -> None:
+    """Console script entry point."""
+    sys.exit(run_cli(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
