@@ -24,7 +24,8 @@ from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import Clock, SchedulerService
 from trio_periodic.server.auth import AuthFile
-from trio_periodic.server.connection import ServerSideConnection
+from trio_periodic.server.commands import COMMANDS
+from trio_periodic.server.connection import ConnectionContext, ServerSideConnection
 from trio_periodic.server.http import HTTP_PREFIXES, HttpApi
 from trio_periodic.store.base import Store
 from trio_periodic.transport.listeners import (
@@ -52,16 +53,16 @@ class Server:
         self.urls = [parse_listen_url(h) for h in hosts]
         self.max_frame_size = max_frame_size
         self.http_address = http
-        self.http = HttpApi(self)
         #: The auth file's rules, or None (raises AuthFileError when invalid).
         self.auth = AuthFile(auth_file) if auth_file else None
         self.core = Scheduler()
         self.service: SchedulerService
+        #: Built in run(), once the scheduler service exists.
+        self.http: HttpApi
+        self._conn_context: ConnectionContext
         #: The addresses actually bound, as URLs (ports filled in), once started.
         self.bound: list[str] = []
         self._shutdown = trio.Event()
-        #: Open protocol connections (CONFIG_SET keepalive re-times them all).
-        self.connections: set[ServerSideConnection] = set()
         self._unix_paths: list[str] = []
 
     def new_conn_id(self) -> int:
@@ -84,6 +85,15 @@ class Server:
             gc.collect()
             gc.freeze()
             self.service = SchedulerService(self.core, self.store, clock)
+            self.http = HttpApi(self.service)
+            self._conn_context = ConnectionContext(
+                service=self.service,
+                commands=COMMANDS,
+                max_frame_size=self.max_frame_size,
+                new_conn_id=self.new_conn_id,
+                request_shutdown=self.request_shutdown,
+                auth=self.auth,
+            )
             log.info("store %s: %d jobs restored", self.store.uri, restored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.service.run)
@@ -165,13 +175,14 @@ class Server:
         elif first.startswith(HTTP_PREFIXES):
             await self.http.serve(stream, first)
         else:
-            await ServerSideConnection(self, ByteFrameStream(stream, name, initial=first)).serve()
+            frames = ByteFrameStream(stream, name, initial=first)
+            await ServerSideConnection(self._conn_context, frames).serve()
 
     async def _serve_websocket(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
         remote = ws.remote
         name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
-        await ServerSideConnection(self, WebSocketFrameStream(ws, name)).serve()
+        await ServerSideConnection(self._conn_context, WebSocketFrameStream(ws, name)).serve()
 
 
 def _fmt_host(host: str) -> str:

@@ -8,16 +8,16 @@ reply (RUN_JOB, JOB_ASSIGNED, SHUTDOWN, server-only codes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from trio_periodic.protocol import packets as p
 from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.frames import encode_raw_frame
 from trio_periodic.protocol.job import encode_job_list
-
-if TYPE_CHECKING:
-    from trio_periodic.server.connection import ServerSideConnection
+from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.state import ConnState
+from trio_periodic.server.auth import Identity
 
 #: Commands a client-role connection may send (PROTOCOL.md §13.3).
 CLIENT_COMMANDS = frozenset(
@@ -51,7 +51,32 @@ SERVER_ONLY = frozenset(
     }
 )
 
-Handler = Callable[["ServerSideConnection", int, Any, float], bytes | None]
+
+
+class CommandContext(Protocol):
+    """What a handler may use of the connection that received the command."""
+
+    core: Scheduler
+    #: With an auth file: the identity of the command (STATUS filters by it).
+    identity: Identity | None
+
+    @property
+    def state(self) -> ConnState:
+        """The connection's scheduler state (after registration)."""
+        ...
+
+    def arm_after_flush(self, msgid: int) -> None:
+        """Open a grab slot once the reply to ``msgid`` is on the wire."""
+
+    def request_shutdown(self) -> None:
+        """SHUTDOWN: ask the server to stop."""
+
+    def keepalive_changed(self) -> None:
+        """CONFIG_SET keepalive: re-time every connection's idle wait."""
+
+
+Handler = Callable[[CommandContext, int, Any, float], bytes | None]
+CommandTable = Mapping[type, Handler]
 
 
 def _success(msgid: int) -> bytes:
@@ -62,71 +87,71 @@ def _no_worker(msgid: int) -> bytes:
     return encode_raw_frame(msgid, Cmd.NO_WORKER)
 
 
-def ping(c: ServerSideConnection, msgid: int, pkt: p.Ping, now: float) -> bytes:
+def ping(c: CommandContext, msgid: int, pkt: p.Ping, now: float) -> bytes:
     return encode_raw_frame(msgid, Cmd.PONG)
 
 
-def unknown(c: ServerSideConnection, msgid: int, pkt: p.Unknown, now: float) -> bytes:
+def unknown(c: CommandContext, msgid: int, pkt: p.Unknown, now: float) -> bytes:
     return encode_raw_frame(msgid, Cmd.UNKNOWN)
 
 
-def sleep(c: ServerSideConnection, msgid: int, pkt: p.Sleep, now: float) -> bytes:
+def sleep(c: CommandContext, msgid: int, pkt: p.Sleep, now: float) -> bytes:
     return encode_raw_frame(msgid, Cmd.NOOP)
 
 
-def submit_job(c: ServerSideConnection, msgid: int, pkt: p.SubmitJob, now: float) -> bytes:
+def submit_job(c: CommandContext, msgid: int, pkt: p.SubmitJob, now: float) -> bytes:
     c.core.submit(pkt.job, now)
     return _success(msgid)
 
 
-def run_job(c: ServerSideConnection, msgid: int, pkt: p.RunJob, now: float) -> bytes | None:
+def run_job(c: CommandContext, msgid: int, pkt: p.RunJob, now: float) -> bytes | None:
     if not c.core.run_job(c.state, msgid, pkt.job, now):
         return _no_worker(msgid)
     return None
 
 
-def recv_data(c: ServerSideConnection, msgid: int, pkt: p.RecvData, now: float) -> bytes:
+def recv_data(c: CommandContext, msgid: int, pkt: p.RecvData, now: float) -> bytes:
     if not c.core.recv_data(c.state, msgid, pkt.job, now):
         return _no_worker(msgid)
     return _success(msgid)
 
 
-def status(c: ServerSideConnection, msgid: int, pkt: p.Status, now: float) -> bytes:
+def status(c: CommandContext, msgid: int, pkt: p.Status, now: float) -> bytes:
     identity = c.identity
     funcs = identity.funcs if identity is not None and not identity.is_admin else None
     return encode_raw_frame(msgid, Cmd.DATA, c.core.status(now, funcs))
 
 
-def drop_func(c: ServerSideConnection, msgid: int, pkt: p.DropFunc, now: float) -> bytes:
+def drop_func(c: CommandContext, msgid: int, pkt: p.DropFunc, now: float) -> bytes:
     c.core.drop_func(pkt.func)
     return _success(msgid)
 
 
-def remove_job(c: ServerSideConnection, msgid: int, pkt: p.RemoveJob, now: float) -> bytes:
+def remove_job(c: CommandContext, msgid: int, pkt: p.RemoveJob, now: float) -> bytes:
     c.core.remove_job(pkt.func, pkt.name)
     return _success(msgid)
 
 
-def dump(c: ServerSideConnection, msgid: int, pkt: p.Dump, now: float) -> bytes:
+def dump(c: CommandContext, msgid: int, pkt: p.Dump, now: float) -> bytes:
     return encode_raw_frame(msgid, Cmd.DATA, encode_job_list(c.core.dump()))
 
 
-def load(c: ServerSideConnection, msgid: int, pkt: p.Load, now: float) -> bytes:
+def load(c: CommandContext, msgid: int, pkt: p.Load, now: float) -> bytes:
     c.core.load(pkt.jobs, now)
     return _success(msgid)
 
 
-def shutdown(c: ServerSideConnection, msgid: int, pkt: p.Shutdown, now: float) -> None:
+def shutdown(c: CommandContext, msgid: int, pkt: p.Shutdown, now: float) -> None:
     c.request_shutdown()
     return None
 
 
-def config_get(c: ServerSideConnection, msgid: int, pkt: p.ConfigGet, now: float) -> bytes:
+def config_get(c: CommandContext, msgid: int, pkt: p.ConfigGet, now: float) -> bytes:
     value = c.core.config_get(pkt.key.decode("latin-1"))
     return encode_raw_frame(msgid, Cmd.CONFIG, value.to_bytes(4, "big"))
 
 
-def config_set(c: ServerSideConnection, msgid: int, pkt: p.ConfigSet, now: float) -> bytes:
+def config_set(c: CommandContext, msgid: int, pkt: p.ConfigSet, now: float) -> bytes:
     key = pkt.key.decode("latin-1")
     c.core.config_set(key, pkt.value)
     if key == "keepalive":
@@ -134,22 +159,22 @@ def config_set(c: ServerSideConnection, msgid: int, pkt: p.ConfigSet, now: float
     return _success(msgid)
 
 
-def can_do(c: ServerSideConnection, msgid: int, pkt: p.CanDo, now: float) -> bytes:
+def can_do(c: CommandContext, msgid: int, pkt: p.CanDo, now: float) -> bytes:
     c.core.can_do(c.state, pkt.func)
     return _success(msgid)
 
 
-def broadcast(c: ServerSideConnection, msgid: int, pkt: p.Broadcast, now: float) -> bytes:
+def broadcast(c: CommandContext, msgid: int, pkt: p.Broadcast, now: float) -> bytes:
     c.core.can_do(c.state, pkt.func, broadcast=True)
     return _success(msgid)
 
 
-def cant_do(c: ServerSideConnection, msgid: int, pkt: p.CantDo, now: float) -> bytes:
+def cant_do(c: CommandContext, msgid: int, pkt: p.CantDo, now: float) -> bytes:
     c.core.cant_do(c.state, pkt.func)
     return _success(msgid)
 
 
-def grab_job(c: ServerSideConnection, msgid: int, pkt: p.GrabJob, now: float) -> bytes:
+def grab_job(c: CommandContext, msgid: int, pkt: p.GrabJob, now: float) -> bytes:
     # The slot is armed only after this SUCCESS is on the wire, so that the
     # assignment never shares a write with the reply (CLIENTS.md §10).
     if c.core.grab_wanted(c.state, msgid):
@@ -157,47 +182,47 @@ def grab_job(c: ServerSideConnection, msgid: int, pkt: p.GrabJob, now: float) ->
     return _success(msgid)
 
 
-def job_assigned(c: ServerSideConnection, msgid: int, pkt: p.JobAssigned, now: float) -> None:
+def job_assigned(c: CommandContext, msgid: int, pkt: p.JobAssigned, now: float) -> None:
     c.core.job_assigned(c.state, msgid, now)
     return None
 
 
-def job_unassigned(c: ServerSideConnection, msgid: int, pkt: p.JobUnassigned, now: float) -> None:
+def job_unassigned(c: CommandContext, msgid: int, pkt: p.JobUnassigned, now: float) -> None:
     c.core.job_unassigned(c.state, msgid, now)
     return None
 
 
-def work_done(c: ServerSideConnection, msgid: int, pkt: p.WorkDone, now: float) -> bytes:
+def work_done(c: CommandContext, msgid: int, pkt: p.WorkDone, now: float) -> bytes:
     c.core.work_done(c.state, pkt.func, pkt.name, pkt.data)
     return _success(msgid)
 
 
-def work_fail(c: ServerSideConnection, msgid: int, pkt: p.WorkFail, now: float) -> bytes:
+def work_fail(c: CommandContext, msgid: int, pkt: p.WorkFail, now: float) -> bytes:
     c.core.work_fail(c.state, pkt.func, pkt.name, now)
     return _success(msgid)
 
 
-def sched_later(c: ServerSideConnection, msgid: int, pkt: p.SchedLater, now: float) -> bytes:
+def sched_later(c: CommandContext, msgid: int, pkt: p.SchedLater, now: float) -> bytes:
     c.core.sched_later(c.state, pkt.func, pkt.name, pkt.delay, pkt.step, now)
     return _success(msgid)
 
 
-def work_data(c: ServerSideConnection, msgid: int, pkt: p.WorkData, now: float) -> bytes:
+def work_data(c: CommandContext, msgid: int, pkt: p.WorkData, now: float) -> bytes:
     c.core.work_data(pkt.func, pkt.name, pkt.data)
     return _success(msgid)
 
 
-def acquire(c: ServerSideConnection, msgid: int, pkt: p.Acquire, now: float) -> bytes:
+def acquire(c: CommandContext, msgid: int, pkt: p.Acquire, now: float) -> bytes:
     ok = c.core.acquire(pkt.lock, pkt.count, pkt.func, pkt.name)
     return encode_raw_frame(msgid, Cmd.ACQUIRED, b"\x01" if ok else b"\x00")
 
 
-def release(c: ServerSideConnection, msgid: int, pkt: p.Release, now: float) -> bytes:
+def release(c: CommandContext, msgid: int, pkt: p.Release, now: float) -> bytes:
     c.core.release(pkt.lock, pkt.func, pkt.name, now)
     return _success(msgid)
 
 
-def ignore(c: ServerSideConnection, msgid: int, pkt: Any, now: float) -> None:
+def ignore(c: CommandContext, msgid: int, pkt: Any, now: float) -> None:
     return None
 
 

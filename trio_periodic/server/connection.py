@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 
@@ -34,19 +34,38 @@ from trio_periodic.protocol.errors import RemoteProtocolError
 from trio_periodic.protocol.frames import Registration, encode_raw_frame
 from trio_periodic.protocol.packets import Packet
 from trio_periodic.scheduler.effects import Assign, Effect
+from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.scheduler.state import ConnState
-from trio_periodic.server.auth import FUNC_CHECKED, Identity, packet_funcs
-from trio_periodic.server.commands import CLIENT_COMMANDS, COMMANDS, SERVER_ONLY
+from trio_periodic.server.auth import FUNC_CHECKED, AuthFile, Identity, packet_funcs
+from trio_periodic.server.commands import CLIENT_COMMANDS, SERVER_ONLY, CommandTable
 from trio_periodic.store.base import Change, StoreError
 from trio_periodic.transport.streams import ConnectionLost, FrameStream
-
-if TYPE_CHECKING:
-    from trio_periodic.server.app import Server
 
 log = logging.getLogger(__name__)
 
 #: A peer that stops reading while we have this much queued for it is cut off.
 MAX_OUTBOX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ConnectionContext:
+    """What every connection needs from the server that accepted it.
+
+    The server builds one and hands it to each connection, so that this
+    module never imports the server back."""
+
+    service: SchedulerService
+    #: Decoded packet type → handler (:data:`trio_periodic.server.commands.COMMANDS`).
+    commands: CommandTable
+    max_frame_size: int
+    #: A fresh connection id for the registration reply.
+    new_conn_id: Callable[[], int]
+    #: SHUTDOWN's effect: ask the server to stop.
+    request_shutdown: Callable[[], None]
+    #: The auth file's rules, or None when every client is trusted.
+    auth: AuthFile | None = None
+    #: Open protocol connections (CONFIG_SET keepalive re-times them all).
+    connections: set[ServerSideConnection] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -57,12 +76,13 @@ class _PendingAcks:
 
 
 class ServerSideConnection:
-    def __init__(self, server: Server, stream: FrameStream) -> None:
-        self.server = server
-        self.service = server.service
-        self.core = server.service.core
+    def __init__(self, context: ConnectionContext, stream: FrameStream) -> None:
+        self.context = context
+        self.service = context.service
+        self.core = context.service.core
+        self._commands = context.commands
         self.stream = stream
-        self.proto = ServerConnection(max_frame_size=server.max_frame_size)
+        self.proto = ServerConnection(max_frame_size=context.max_frame_size)
         self._state: ConnState | None = None
         self.registration: Registration | None = None
         #: With an auth file: the identity of the last command (STATUS filters by it).
@@ -102,11 +122,11 @@ class ServerSideConnection:
         self._batch_arms.append(msgid)
 
     def request_shutdown(self) -> None:
-        self.server.request_shutdown()
+        self.context.request_shutdown()
 
     def keepalive_changed(self) -> None:
         """CONFIG_SET keepalive: re-time the idle wait of every open connection."""
-        for conn in self.server.connections:
+        for conn in self.context.connections:
             conn._set_idle_deadline()
 
     def _set_idle_deadline(self) -> None:
@@ -118,7 +138,7 @@ class ServerSideConnection:
 
     async def serve(self) -> None:
         peer = self.stream.peer
-        live = self.server.connections
+        live = self.context.connections
         live.add(self)
         # except*: the nursery wraps even its body's exceptions in an
         # ExceptionGroup; a plain except would let one bad frame escape and
@@ -246,14 +266,14 @@ class ServerSideConnection:
                 reg = event.registration
                 self.registration = reg
                 self._state = core.connect(reg.is_worker, sink=self)
-                self.push_frame(self.proto.accept(self.server.new_conn_id()))
+                self.push_frame(self.proto.accept(self.context.new_conn_id()))
                 continue
             msgid, packet = event.msgid, event.packet
             if not self._allowed(packet):
                 immediate.append(encode_raw_frame(msgid, Cmd.NO_WORKER))
                 continue
             before = len(core.changes)
-            reply = COMMANDS[type(packet)](self, msgid, packet, now)
+            reply = self._commands[type(packet)](self, msgid, packet, now)
             if reply is not None:
                 if durable and len(core.changes) != before:
                     replies.append((msgid, reply))
@@ -291,7 +311,7 @@ class ServerSideConnection:
             return True  # ignored anyway
         # A client-role connection may not use worker commands (C58).
         role_ok = self.state.is_worker or cmd in CLIENT_COMMANDS or cmd == Cmd.UNKNOWN
-        auth = self.server.auth
+        auth = self.context.auth
         if auth is None:
             return role_ok
         identity = auth.identify(self.registration)

@@ -42,7 +42,7 @@ async def serve(
     http: str | None = DEFAULT_HTTP,
     auth_file: str | None = None,
 ) -> None:
-    from trio_periodic.store.uri import open_store
+    from trio_periodic.store.from_uri import open_store
 
     store = open_store(path)
     server = Server(store, hosts, max_frame_size=max_frame_size, http=http, auth_file=auth_file)

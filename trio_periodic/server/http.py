@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 import h11
@@ -43,11 +43,9 @@ import trio
 from trio_periodic.protocol.frames import decode_body
 from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import Data
+from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.store.base import StoreError
-
-if TYPE_CHECKING:
-    from trio_periodic.scheduler.core import Scheduler
-    from trio_periodic.server.app import Server
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +97,9 @@ def _int_field(form: dict[bytes, list[bytes]], key: bytes) -> int:
 
 
 class HttpApi:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-
-    @property
-    def core(self) -> Scheduler:
-        return self.server.core
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+        self.core: Scheduler = service.core
 
     # -------------------------------------------------------------- serving
 
@@ -205,7 +200,7 @@ class HttpApi:
         raise HttpError(405, "method not allowed")
 
     def _stats(self, func: bytes) -> Response:
-        rows = {row.func: row for row in self.core.status_rows(self.server.service.clock.now())}
+        rows = {row.func: row for row in self.core.status_rows(self.service.clock.now())}
 
         def one(row: Any) -> dict[str, Any]:
             return {
@@ -240,7 +235,7 @@ class HttpApi:
             timeout=_int_field(form, b"timeout"),
         )
         self._check_names(job)
-        self.core.submit(job, self.server.service.clock.now())
+        self.core.submit(job, self.service.clock.now())
         await self._commit()
         return _ok()
 
@@ -256,7 +251,7 @@ class HttpApi:
         return _ok()
 
     async def _commit(self) -> None:
-        service = self.server.service
+        service = self.service
         effects, changes = service.finish_batch()
         await service.commit(changes)
         await service.publish(effects)
@@ -268,7 +263,7 @@ class HttpApi:
     ) -> Response:
         action = parts[0]
         if method == b"GET" and action == b"status" and len(parts) == 1:
-            text = self.core.status(self.server.service.clock.now())
+            text = self.core.status(self.service.clock.now())
             return Response(200, text, "text/plain; charset=utf-8")
         if method != b"POST":
             raise HttpError(405, "method not allowed")
@@ -282,7 +277,7 @@ class HttpApi:
                 _int_field(query, b"timeout"),
             )
             self._check_names(job)
-            self.core.submit(job, self.server.service.clock.now())
+            self.core.submit(job, self.service.clock.now())
             await self._commit()
             return Response(204)
         if action == b"run" and len(parts) == 3:
@@ -304,7 +299,7 @@ class HttpApi:
         sink = _ResultSink(send.send_nowait)
         waiter = self.core.connect(is_worker=False, sink=sink)
         try:
-            if not self.core.run_job(waiter, 1, job, self.server.service.clock.now()):
+            if not self.core.run_job(waiter, 1, job, self.service.clock.now()):
                 return Response(500, b"Error: no worker for this function", "text/plain")
             await self._commit()
             with trio.move_on_after((job.timeout or 60) + 5):
@@ -318,7 +313,7 @@ class HttpApi:
 
     async def _metrics(self, query: Any, body: bytes) -> Response:
         core = self.core
-        rows = core.status_rows(self.server.service.clock.now())
+        rows = core.status_rows(self.service.clock.now())
         lines = []
         for metric, help_text, field in (
             ("periodic_workers", "Worker connections registered for the function.", "workers"),
@@ -336,7 +331,7 @@ class HttpApi:
         return Response(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
 
     async def _api_status(self, query: Any, body: bytes) -> Response:
-        rows = self.core.status_rows(self.server.service.clock.now())
+        rows = self.core.status_rows(self.service.clock.now())
         return _json(200, [{**row._asdict(), "func": _text(row.func)} for row in rows])
 
     async def _asset(self, name: str, content_type: str) -> Response:
