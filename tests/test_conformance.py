@@ -1394,7 +1394,7 @@ def test_c60_shutdown_exits_the_daemon() -> None:
 
 def _sqlite_works(tmp: Path) -> bool:
     try:
-        from trio_periodic.store.uri import open_store
+        from trio_periodic.store.from_uri import open_store
 
         open_store(f"file://{tmp / 'probe.db'}")
     except Exception:

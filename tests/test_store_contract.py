@@ -31,9 +31,9 @@ from trio_periodic.store.base import (
     StoredState,
     StoreError,
 )
+from trio_periodic.store.from_uri import default_store_uri, open_store
 from trio_periodic.store.memory import MemoryStore
 from trio_periodic.store.sqlite import SqliteStore
-from trio_periodic.store.uri import default_store_uri, open_store
 
 TIMEOUT = 30  # seconds, for every test that does I/O
 

@@ -1,4 +1,6 @@
-"""Choosing a store from a URI (``-p/--path``, env ``PERIODIC_PATH``).
+"""Store URIs as text (``-p/--path``, env ``PERIODIC_PATH``): no store is opened here.
+
+Which store a URI names is decided in :mod:`trio_periodic.store.from_uri`:
 
 | URI                                   | store                            |
 |---------------------------------------|----------------------------------|
@@ -17,35 +19,9 @@ import os
 import re
 from pathlib import Path
 
-from trio_periodic.store.base import Store, StoreError
-from trio_periodic.store.memory import MemoryStore
-
-_FILE = "file://"
+FILE_SCHEME = "file://"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
-
-
-def open_store(uri: str) -> Store:
-    """Build (but do not open) the store named by ``uri``; StoreError if unsupported."""
-    if uri == ":memory:":
-        return MemoryStore()
-    lowered = uri.lower()
-    if lowered.startswith(_FILE):
-        path = uri[len(_FILE) :]
-        if not path:
-            raise StoreError(f"store URI has no path: {uri!r}")
-        from trio_periodic.store.sqlite import SqliteStore
-
-        return SqliteStore(os.path.expanduser(path))
-    if lowered.startswith(("postgres://", "postgresql://")):
-        try:
-            from trio_periodic.store.postgres import PostgresStore
-        except ImportError as exc:
-            raise StoreError(
-                f"PostgreSQL stores need psycopg: pip install 'trio-periodic[postgres]' ({exc})"
-            ) from exc
-        return PostgresStore(uri)
-    raise StoreError(f"unsupported store URI: {redact_uri(uri)}")
 
 
 def default_store_uri() -> str:
@@ -54,7 +30,7 @@ def default_store_uri() -> str:
     data_home = os.environ.get("XDG_DATA_HOME", "")
     # The XDG spec says relative paths in these variables are invalid: ignore them.
     base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
-    return _FILE + str(base / "trio-periodic" / "periodic.db")
+    return FILE_SCHEME + str(base / "trio-periodic" / "periodic.db")
 
 
 def redact_uri(uri: str) -> str:
