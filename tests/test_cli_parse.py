@@ -25,6 +25,7 @@ from trio_periodic.cli.invocation import (
     Submit,
     WorkerCmd,
 )
+from trio_periodic.server.options import ServerOptions
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +78,7 @@ G = Globals()
         (["serve"], Serve()),
         (
             ["serve", "-p", ":memory:", "--log", "DEBUG", "--http", "off"],
-            Serve(path=":memory:", log="DEBUG", http="off"),
+            Serve(options=ServerOptions(path=":memory:", log="DEBUG", http="off")),
         ),
     ],
 )
@@ -116,7 +117,9 @@ def test_daemon_flag_reads_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERIODIC_PORT", "unix:///tmp/x.sock")
     monkeypatch.setenv("PERIODIC_PATH", ":memory:")
     monkeypatch.setenv("PERIODIC_HTTP", "off")
-    assert cmd("-d") == Serve(("unix:///tmp/x.sock",), ":memory:", "INFO", "off")
+    assert cmd("-d") == Serve(
+        ("unix:///tmp/x.sock",), ServerOptions(path=":memory:", log="INFO", http="off")
+    )
 
 
 def test_serve_uses_global_hosts() -> None:
@@ -267,3 +270,30 @@ def test_keygen_writes_pkcs1_pems(tmp_path) -> None:  # type: ignore[no-untyped-
         timeout=60,
     )
     assert bad.returncode == 1 and "key size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_serve_takes_every_server_flag() -> None:
+    inv = parse(
+        ["serve", "--max-outbox", "1MiB", "--max-connections", "7", "--drain-timeout", "2.5"]
+    )
+    assert inv is not None and isinstance(inv.command, Serve)
+    options = inv.command.options
+    assert (options.max_outbox, options.max_connections, options.drain_timeout) == (
+        1024 * 1024,
+        7,
+        2.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4096", 4096), ("4k", 4096), ("4KiB", 4096), ("4MiB", 4 << 20), ("1g", 1 << 30)],
+)
+def test_sizes(text: str, size: int) -> None:
+    from trio_periodic.server.options import parse_size
+
+    assert parse_size(text) == size
+
+
+def test_bad_size_is_a_usage_error() -> None:
+    assert run_cli(["serve", "--max-outbox", "lots"]) == 2

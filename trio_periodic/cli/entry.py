@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated
 
 from cyclopts import CycloptsError, Parameter
 
@@ -31,6 +31,7 @@ from trio_periodic.cli.invocation import (
     Serve,
     WorkerCmd,
 )
+from trio_periodic.server.options import DEFAULT_HTTP, ServerOptions
 
 __all__ = ["UsageError", "app", "execute", "main", "parse", "run_cli"]
 _COMMAND_MODULES = (client_commands, server_commands, worker_command)
@@ -76,12 +77,12 @@ def _periodic(
         if tokens:
             raise UsageError(f"-d runs the server and takes no command (got {tokens[0]!r})")
         env = os.environ
-        serve = Serve(
-            g.hosts,
-            env.get("PERIODIC_PATH") or None,
-            env.get("PERIODIC_LOG") or "INFO",
-            env.get("PERIODIC_HTTP") or None,
+        options = ServerOptions(
+            path=env.get("PERIODIC_PATH") or None,
+            log=env.get("PERIODIC_LOG") or "INFO",
+            http=env.get("PERIODIC_HTTP") or DEFAULT_HTTP,
         )
+        serve = Serve(g.hosts, options)
         return Invocation(g, serve)
     command: Command | None = app(tokens, **_PARSE)  # type: ignore[arg-type]
     if command is None:  # --help / --version printed, or no command: help printed
@@ -191,14 +192,7 @@ def _keygen(command: Keygen) -> int:
 def _serve(command: Serve) -> int:
     from trio_periodic.server import daemon
 
-    options: dict[str, Any] = {"log_level": command.log}
-    if command.http is not None:
-        options["http"] = command.http
-    if command.max_frame_size is not None:
-        options["max_frame_size"] = command.max_frame_size
-    if command.auth_file is not None:
-        options["auth_file"] = command.auth_file
-    return daemon.run(list(command.hosts) or None, command.path, **options)
+    return daemon.run(command.hosts, command.options)
 
 
 def _single(exc: BaseException) -> BaseException:

@@ -9,9 +9,10 @@ two apart lets the tests check every parse without a server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trio_periodic.client.transport import DEFAULT_URL
+from trio_periodic.server.options import ServerOptions
 
 __all__ = [
     "Command",
@@ -129,14 +130,7 @@ class Serve:
 
     #: Empty: the daemon's defaults.
     hosts: tuple[str, ...] = ()
-    path: str | None = None
-    log: str = "INFO"
-    #: HTTP API address, "off", or None for the daemon's default.
-    http: str | None = None
-    #: Largest frame accepted (bytes); None for the daemon's default.
-    max_frame_size: int | None = None
-    #: The reference auth file, or None.
-    auth_file: str | None = None
+    options: ServerOptions = field(default_factory=ServerOptions)
 
 
 @dataclass(frozen=True, slots=True)

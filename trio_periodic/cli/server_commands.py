@@ -8,6 +8,7 @@ from cyclopts import Parameter
 
 from trio_periodic.cli.app import app
 from trio_periodic.cli.invocation import Keygen, Serve
+from trio_periodic.server.options import ServerOptions
 
 
 @app.command
@@ -25,31 +26,8 @@ def keygen(file: str, /, *, size: Annotated[int, Parameter(name=["--size", "-s"]
 
 
 @app.command
-def serve(
-    *,
-    path: Annotated[str | None, Parameter(name=["--path", "-p"], env_var="PERIODIC_PATH")] = None,
-    log: Annotated[str, Parameter(name="--log", env_var="PERIODIC_LOG")] = "INFO",
-    http: Annotated[str | None, Parameter(name="--http", env_var="PERIODIC_HTTP")] = None,
-    max_frame_size: Annotated[int | None, Parameter(name="--max-frame-size")] = None,
-    auth_file: Annotated[str | None, Parameter(name="--auth-file")] = None,
-) -> Serve:
-    """Run the server (the same as `periodicd`) on every -H given (default: unix + tcp:5000).
-
-    Parameters
-    ----------
-    path
-        Job store: :memory:, file:///PATH (SQLite) or postgresql://… .
-        Default: an SQLite file in the user's data directory.
-    log
-        Log level: DEBUG, INFO, WARNING or ERROR.
-    http
-        HTTP API address HOST:PORT (curl interface, /metrics, dashboard), or "off".
-        Default: 127.0.0.1:8080.
-    max_frame_size
-        Largest frame accepted, in bytes.
-    auth_file
-        The reference auth file: "ROLE NAME TOKEN FUNC,FUNC..." lines; reloaded when it changes.
-    """
-    return Serve((), path, log, http, max_frame_size, auth_file)
+def serve(*, options: ServerOptions = ServerOptions()) -> Serve:  # noqa: B008 - frozen
+    """Run the server (the same as `periodicd`) on every -H given (default: unix + tcp:5000)."""
+    return Serve((), options)
 
 

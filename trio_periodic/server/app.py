@@ -27,6 +27,11 @@ from trio_periodic.server.auth import AuthFile
 from trio_periodic.server.commands import COMMANDS
 from trio_periodic.server.connection import ConnectionContext, ServerSideConnection
 from trio_periodic.server.http import HTTP_PREFIXES, HttpApi
+from trio_periodic.server.options import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_OUTBOX,
+)
 from trio_periodic.store.base import Store
 from trio_periodic.transport.listeners import (
     ListenURL,
@@ -48,10 +53,19 @@ class Server:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         http: str | None = None,
         auth_file: str | None = None,
+        max_outbox: int = DEFAULT_MAX_OUTBOX,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
         self.max_frame_size = max_frame_size
+        #: Bytes queued for one connection before it is read no further.
+        self.max_outbox = max_outbox
+        #: Open connections (every door) before new ones are turned away.
+        self.max_connections = max_connections
+        #: Seconds running jobs may still report after a shutdown request.
+        self.drain_timeout = drain_timeout
         self.http_address = http
         #: The auth file's rules, or None (raises AuthFileError when invalid).
         self.auth = AuthFile(auth_file) if auth_file else None

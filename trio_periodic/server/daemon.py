@@ -11,20 +11,18 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Annotated
 
 import cyclopts
 import trio
 from cyclopts import Parameter
 
-from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from trio_periodic.server.app import Server
 from trio_periodic.server.auth import AuthFileError
+from trio_periodic.server.options import DEFAULT_HOSTS, ServerOptions
 from trio_periodic.store.base import StoreError
 from trio_periodic.transport.listeners import ListenError
-
-DEFAULT_HOSTS = ("unix:///tmp/periodic.sock", "tcp://127.0.0.1:5000")
-DEFAULT_HTTP = "127.0.0.1:8080"
 
 log = logging.getLogger("trio_periodic")
 
@@ -35,17 +33,20 @@ def default_store_uri() -> str:
     return default()
 
 
-async def serve(
-    hosts: list[str],
-    path: str,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    http: str | None = DEFAULT_HTTP,
-    auth_file: str | None = None,
-) -> None:
+async def serve(hosts: Sequence[str], options: ServerOptions) -> None:
     from trio_periodic.store.from_uri import open_store
 
-    store = open_store(path)
-    server = Server(store, hosts, max_frame_size=max_frame_size, http=http, auth_file=auth_file)
+    store = open_store(options.path or default_store_uri())
+    server = Server(
+        store,
+        hosts,
+        max_frame_size=options.max_frame_size,
+        http=options.http_address,
+        auth_file=options.auth_file,
+        max_outbox=options.max_outbox,
+        max_connections=options.max_connections,
+        drain_timeout=options.drain_timeout,
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, server)
         await server.run()
@@ -76,28 +77,12 @@ def configure_logging(level: str) -> None:
     )
 
 
-def run(
-    hosts: list[str] | None,
-    path: str | None,
-    log_level: str = "INFO",
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    http: str | None = DEFAULT_HTTP,
-    auth_file: str | None = None,
-) -> int:
+def run(hosts: Sequence[str] | None, options: ServerOptions) -> int:
     """Run the daemon until shutdown; return the process exit status."""
-    configure_logging(log_level)
+    configure_logging(options.log)
     tune_gc()
-    if http is not None and http.lower() in ("", "off", "none", "no"):
-        http = None
     try:
-        trio.run(
-            serve,
-            list(hosts or DEFAULT_HOSTS),
-            path or default_store_uri(),
-            max_frame_size,
-            http,
-            auth_file,
-        )
+        trio.run(serve, list(hosts or DEFAULT_HOSTS), options)
     except (StoreError, ListenError, AuthFileError) as exc:
         print(f"periodicd: {exc}", file=sys.stderr)
         return 1
@@ -113,11 +98,7 @@ def periodicd(
     host: Annotated[
         list[str] | None, Parameter(name=["--host", "-H"], env_var="PERIODIC_PORT")
     ] = None,
-    path: Annotated[str | None, Parameter(name=["--path", "-p"], env_var="PERIODIC_PATH")] = None,
-    log_level: Annotated[str, Parameter(name="--log", env_var="PERIODIC_LOG")] = "INFO",
-    max_frame_size: Annotated[int, Parameter(name="--max-frame-size")] = DEFAULT_MAX_FRAME_SIZE,
-    http: Annotated[str, Parameter(name="--http", env_var="PERIODIC_HTTP")] = DEFAULT_HTTP,
-    auth_file: Annotated[str | None, Parameter(name="--auth-file")] = None,
+    options: ServerOptions = ServerOptions(),  # noqa: B008 - frozen, never mutated
 ) -> int:
     """Serve Periodic clients and workers.
 
@@ -126,19 +107,8 @@ def periodicd(
     host
         Listener URL, repeatable: tcp://HOST:PORT, unix:///PATH or ws://HOST:PORT[/PATH].
         Default: unix:///tmp/periodic.sock and tcp://127.0.0.1:5000.
-    path
-        Job store: :memory:, file:///PATH (SQLite) or postgresql://... .
-        Default: an SQLite file in the user's data directory.
-    log_level
-        Log level: DEBUG, INFO, WARNING or ERROR.
-    max_frame_size
-        Largest frame accepted, in bytes; a longer length field closes that connection.
-    http
-        HTTP API address HOST:PORT (curl interface, /metrics, /dashboard), or "off".
-    auth_file
-        The reference auth file: "ROLE NAME TOKEN FUNC,FUNC..." lines; reloaded when it changes.
     """
-    return run(host, path, log_level, max_frame_size, http, auth_file)
+    return run(host, options)
 
 
 def main() -> None:
