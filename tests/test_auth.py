@@ -85,8 +85,16 @@ async def test_c59_identities_roles_and_functions(auth_server) -> None:  # type:
         worker = await RawConn.open(address, ClientType.AUTH_WORKER, b"worker-a", b"token-w")
         assert isinstance(await worker.request(1, p.CanDo(b"mail")), p.Success)
         assert isinstance(await worker.request(2, p.CanDo(b"sms")), p.NoWorker)
-        assert isinstance(await worker.request(3, p.Load([Job(b"mail", b"l")])), p.Success)
         assert isinstance(await worker.request(4, p.Load([Job(b"sms", b"l")])), p.NoWorker)
+        # Stricter than the reference: SHUTDOWN, DUMP, LOAD and CONFIG_SET are admin-only,
+        # even for functions the identity lists.
+        assert isinstance(await worker.request(3, p.Load([Job(b"mail", b"l")])), p.NoWorker)
+        assert isinstance(await client.request(5, p.Dump()), p.NoWorker)
+        assert isinstance(await client.request(6, p.ConfigSet(b"timeout", 9)), p.NoWorker)
+        assert isinstance(await client.request(7, p.Shutdown()), p.NoWorker)
+        assert isinstance(await client.request(8, p.ConfigGet(b"timeout")), p.Config)
+        assert isinstance(await root.request(3, p.Load([Job(b"mail", b"l")])), p.Success)
+        assert isinstance(await root.request(4, p.Dump()), p.Data)
 
 
 async def test_rules_reload_and_a_bad_file_keeps_them(auth_server) -> None:  # type: ignore[no-untyped-def]

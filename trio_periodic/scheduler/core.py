@@ -123,6 +123,8 @@ class Scheduler:
         self.changes: list[Change] = []
         #: True when the store is shared with other servers (cluster mode).
         self.shared = False
+        #: True while the server drains for shutdown: nothing more is handed out.
+        self.draining = False
         #: Jobs held by other servers, by lease expiry: (lease_until, seq, JobEntry).
         self.leases: SortedList = SortedList()
         #: Jobs whose claim found no row, and how many times in a row.
@@ -328,6 +330,8 @@ class Scheduler:
 
     def dispatch(self, now: float) -> None:
         """Hand every due job of every candidate function to a free slot."""
+        if self.draining:
+            self.candidates.clear()
         if not self.candidates:
             return
         candidates, self.candidates = self.candidates, set()

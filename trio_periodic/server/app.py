@@ -3,8 +3,18 @@
 ``Server.run`` opens the store, restores the scheduler from it, binds every
 listener, reports the bound addresses through ``task_status`` (tests bind
 port 0 and read the real port back) and serves until SHUTDOWN, a signal or
-cancellation.  On the way out it stops accepting, lets connections hand back
-their jobs, closes the store and removes its Unix socket files.
+cancellation.
+
+Listeners accept in one nursery and connections live in another, so that a
+shutdown can stop accepting while connections go on.  A shutdown drains:
+accepting and assigning stop at once, connections that hold no job close,
+workers that hold jobs may still report them for ``drain_timeout`` seconds (a
+second shutdown request skips the wait); then the remaining connections
+close and hand their jobs back, the store is flushed and closed and the Unix
+socket files are removed.
+
+Every door counts against ``max_connections``: past it a new connection is
+closed at once (logged at most once per second, with a count).
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import trio
@@ -77,13 +87,31 @@ class Server:
         #: The addresses actually bound, as URLs (ports filled in), once started.
         self.bound: list[str] = []
         self._shutdown = trio.Event()
+        #: A second shutdown request: skip the drain.
+        self._shutdown_now = trio.Event()
+        #: Set (and replaced) when a connection ends or shutdown is asked again.
+        self._changed = trio.Event()
+        #: Connections open on every door, and refusals not logged yet.
+        self._open = 0
+        self._refused = 0
+        self._refused_logged_at = -math.inf
+        #: The nursery connections run in (outlives the accepting listeners).
+        self._conns: trio.Nursery
         self._unix_paths: list[str] = []
 
     def new_conn_id(self) -> int:
         return secrets.randbits(32)
 
     def request_shutdown(self) -> None:
+        """Drain and stop; a second request skips the rest of the drain."""
+        if self._shutdown.is_set():
+            self._shutdown_now.set()
+            self._notify()
         self._shutdown.set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -99,7 +127,7 @@ class Server:
             gc.collect()
             gc.freeze()
             self.service = SchedulerService(self.core, self.store, clock)
-            self.http = HttpApi(self.service)
+            self.http = HttpApi(self.service, auth=self.auth, max_body=self.max_frame_size)
             self._conn_context = ConnectionContext(
                 service=self.service,
                 commands=COMMANDS,
@@ -107,19 +135,24 @@ class Server:
                 new_conn_id=self.new_conn_id,
                 request_shutdown=self.request_shutdown,
                 auth=self.auth,
+                max_outbox=self.max_outbox,
             )
             log.info("store %s: %d jobs restored", self.store.uri, restored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.service.run)
                 if self.auth is not None:
                     nursery.start_soon(self.auth.watch)
-                for url in self.urls:
-                    await self._listen(nursery, url)
-                if self.http_address:
-                    await self._listen_http(nursery, self.http_address)
-                task_status.started(list(self.bound))
-                await self._shutdown.wait()
-                log.info("shutting down")
+                async with trio.open_nursery() as self._conns:
+                    async with trio.open_nursery() as accepting:
+                        for url in self.urls:
+                            await self._listen(accepting, url)
+                        if self.http_address:
+                            await self._listen_http(accepting, self.http_address)
+                        task_status.started(list(self.bound))
+                        await self._shutdown.wait()
+                        accepting.cancel_scope.cancel()
+                    await self._drain()
+                    self._conns.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -130,18 +163,39 @@ class Server:
                         pass
                 await self.store.aclose()
 
+    async def _drain(self) -> None:
+        """Let the workers that hold jobs report them, for up to drain_timeout."""
+        context = self._conn_context
+        context.draining = True
+        self.core.draining = True
+        for conn in list(context.connections):
+            conn.drain()
+        running = sum(1 for conn in context.connections if conn.holds_jobs)
+        log.info(
+            "shutting down: %d connections hold jobs; waiting up to %g s for them",
+            running,
+            self.drain_timeout,
+        )
+        with trio.move_on_after(self.drain_timeout) as waited:
+            while context.connections and not self._shutdown_now.is_set():
+                await self._changed.wait()
+        left = sum(1 for conn in context.connections if conn.holds_jobs)
+        if left:
+            why = "drain timeout" if waited.cancelled_caught else "second shutdown request"
+            log.info("%s: handing back the jobs of %d connections", why, left)
+
     async def _listen(self, nursery: trio.Nursery, url: ListenURL) -> None:
         if url.scheme == "tcp":
             listeners = await open_tcp(url)
             for listener in listeners:
                 host, port = listener.socket.getsockname()[:2]
                 self._announce(f"tcp://{_fmt_host(host)}:{port}")
-            nursery.start_soon(partial(trio.serve_listeners, self._serve_socket, listeners))
+            nursery.start_soon(self._serve_listeners, self._serve_socket, listeners)
         elif url.scheme == "unix":
             listener = await open_unix(url)
             self._unix_paths.append(url.path)
             self._announce(f"unix://{url.path}")
-            nursery.start_soon(partial(trio.serve_listeners, self._serve_socket, [listener]))
+            nursery.start_soon(self._serve_listeners, self._serve_socket, [listener])
         else:
             ws_server = await nursery.start(
                 partial(
@@ -150,6 +204,7 @@ class Server:
                     url.host or None,
                     url.port,
                     ssl_context=None,
+                    handler_nursery=self._conns,
                     max_message_size=self.max_frame_size + 16,
                 )
             )
@@ -164,11 +219,54 @@ class Server:
         for listener in listeners:
             host, port = listener.socket.getsockname()[:2]
             self._announce(f"http://{_fmt_host(host)}:{port}")
-        nursery.start_soon(partial(trio.serve_listeners, self.http.serve, listeners))
+        nursery.start_soon(self._serve_listeners, self._serve_http, listeners)
 
     def _announce(self, url: str) -> None:
         self.bound.append(url)
         log.info("listening on %s", url)
+
+    async def _serve_listeners(
+        self,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        listeners: list[trio.SocketListener],
+    ) -> None:
+        """Accept on ``listeners``; each connection runs in the connections' nursery."""
+
+        async def admitted(stream: trio.SocketStream) -> None:
+            await self._admit(handler, stream)
+
+        await trio.serve_listeners(admitted, listeners, handler_nursery=self._conns)
+
+    async def _admit(
+        self, handler: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
+    ) -> None:
+        if not self._may_open():
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await handler(stream)
+        finally:
+            self._open -= 1
+            self._notify()
+
+    def _may_open(self) -> bool:
+        """Count a new connection in, or refuse it past max_connections."""
+        if self._open < self.max_connections:
+            self._open += 1
+            return True
+        self._refused += 1
+        now = trio.current_time()
+        if now - self._refused_logged_at >= 1:
+            log.warning(
+                "refused %d connections: %d open (--max-connections)",
+                self._refused,
+                self._open,
+            )
+            self._refused, self._refused_logged_at = 0, now
+        return False
+
+    async def _serve_http(self, stream: trio.SocketStream) -> None:
+        await self.http.serve(stream, peer=_peer_name(stream))
 
     async def _serve_socket(self, stream: trio.SocketStream) -> None:
         try:
@@ -187,17 +285,32 @@ class Server:
         if not first:
             await trio.aclose_forcefully(stream)
         elif first.startswith(HTTP_PREFIXES):
-            await self.http.serve(stream, first)
+            await self.http.serve(stream, first, peer=name)
         else:
             frames = ByteFrameStream(stream, name, initial=first)
             await ServerSideConnection(self._conn_context, frames).serve()
 
     async def _serve_websocket(self, request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        remote = ws.remote
-        name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
-        await ServerSideConnection(self._conn_context, WebSocketFrameStream(ws, name)).serve()
+        if not self._may_open():
+            await request.reject(503, body=b"too many connections")
+            return
+        try:
+            ws = await request.accept()
+            remote = ws.remote
+            name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
+            await ServerSideConnection(self._conn_context, WebSocketFrameStream(ws, name)).serve()
+        finally:
+            self._open -= 1
+            self._notify()
 
 
 def _fmt_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"

@@ -14,13 +14,24 @@ With an auth file every command needs the identity a connection registered
 with (types 3 and 4): a known name, the right token, and a file role that is
 ``admin`` or matches the connection's role.  Anything else is answered
 NO_WORKER and the connection stays open.  Non-admins may only touch the
-functions listed for them, and STATUS shows only those.
+functions listed for them, and STATUS shows only those.  SHUTDOWN, DUMP, LOAD
+and CONFIG_SET are for admins only (the reference lets any identity use them).
+
+The HTTP API applies the same rules (:func:`permits`) to the identity of an
+``Authorization: Basic`` header (:meth:`AuthFile.identify_basic`).  Tokens
+are compared in constant time; failed attempts are logged at most once per
+:data:`FAILURE_LOG_INTERVAL` seconds per door, with a count of the rest.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
 import os
+import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +57,11 @@ FUNC_CHECKED = frozenset(
         Cmd.BROADCAST,
     }
 )
+
+#: Commands only an admin identity may send (stricter than the reference).
+ADMIN_ONLY = frozenset({Cmd.SHUTDOWN, Cmd.DUMP, Cmd.LOAD, Cmd.CONFIG_SET})
+#: Seconds between two log lines about failed authentications on one door.
+FAILURE_LOG_INTERVAL = 10.0
 
 
 def packet_funcs(packet: Packet) -> set[bytes]:
@@ -96,12 +112,41 @@ def parse_auth_file(text: str, source: str = "auth file") -> dict[bytes, Identit
     return identities
 
 
+def permits(identity: Identity, cmd: Cmd, funcs: AbstractSet[bytes]) -> bool:
+    """May ``identity`` send ``cmd`` touching ``funcs``?  (Role checks come first.)"""
+    if identity.is_admin:
+        return True
+    if cmd in ADMIN_ONLY:
+        return False
+    return cmd not in FUNC_CHECKED or funcs <= identity.funcs
+
+
+class FailureLog:
+    """Log failed authentications without letting a flood of them flood the log."""
+
+    def __init__(self, interval: float = FAILURE_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def note(self, door: str, peer: str, why: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(door, -self.interval) < self.interval:
+            self._suppressed[door] = self._suppressed.get(door, 0) + 1
+            return
+        self._last[door] = now
+        more = self._suppressed.pop(door, 0)
+        suffix = f" ({more} more failures since the last report)" if more else ""
+        log.warning("%s: authentication failed for %s: %s%s", door, peer, why, suffix)
+
+
 class AuthFile:
     """The rules in force, reloaded when the file changes."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.identities, self._mtime = self._load()
+        self.failures = FailureLog()
 
     def _load(self) -> tuple[dict[bytes, Identity], float]:
         try:
@@ -115,13 +160,37 @@ class AuthFile:
         """The identity a connection may act as, or None (every command is refused)."""
         if registration is None or registration.name is None:
             return None
-        identity = self.identities.get(registration.name)
-        if identity is None or identity.token != registration.token:
+        identity = self._check_token(registration.name, registration.token or b"")
+        if identity is None:
             return None
         wanted = "worker" if registration.is_worker else "client"
         if identity.role not in (wanted, "admin"):
             return None
         return identity
+
+    def identify_basic(self, header: bytes | None) -> Identity | None:
+        """The identity of an ``Authorization: Basic base64(NAME:TOKEN)`` header.
+
+        Any role may use HTTP; what it may do there is decided by :func:`permits`."""
+        if header is None:
+            return None
+        scheme, _, credentials = header.strip().partition(b" ")
+        if scheme.lower() != b"basic":
+            return None
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        name, sep, token = decoded.partition(b":")
+        return self._check_token(name, token) if sep else None
+
+    def _check_token(self, name: bytes, token: bytes) -> Identity | None:
+        identity = self.identities.get(name)
+        if identity is None:
+            # Compare anyway, so that an unknown name takes as long as a known one.
+            hmac.compare_digest(token, token)
+            return None
+        return identity if hmac.compare_digest(identity.token, token) else None
 
     async def watch(self) -> None:
         """Check the file's modification time every second; swap in valid changes."""

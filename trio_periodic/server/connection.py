@@ -15,6 +15,18 @@ GRAB_JOB is special: its slot is armed only after the writer has sent the
 SUCCESS, so a JOB_ASSIGN on that msgid always comes in a later write
 (the reference `periodic-run` loses the reply otherwise).
 
+Memory per connection is bounded by ``max_outbox``: once that many bytes of
+replies are queued (unsent, or waiting for their commit), the reader stops
+handling requests, and reading, until the peer has taken enough of them; the
+peer's further requests wait in the kernel, not here.  A peer that stays over
+the limit for its keepalive is closed.  Frames other connections push here
+(job assignments, streamed DATA) cannot be held back: past twice the limit
+the connection is closed at once.  Either way its jobs are handed back.
+
+On a drain (graceful shutdown) a connection that holds no job closes as soon
+as its last batch is acknowledged; one that holds jobs stays until they are
+reported or the server's drain timeout ends.
+
 A malformed frame, an oversized length or a broken transport ends this
 connection only: one log line, its jobs are handed back, the server goes on.
 """
@@ -36,15 +48,17 @@ from trio_periodic.protocol.packets import Packet
 from trio_periodic.scheduler.effects import Assign, Effect
 from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.scheduler.state import ConnState
-from trio_periodic.server.auth import FUNC_CHECKED, AuthFile, Identity, packet_funcs
+from trio_periodic.server.auth import FUNC_CHECKED, AuthFile, Identity, packet_funcs, permits
 from trio_periodic.server.commands import CLIENT_COMMANDS, SERVER_ONLY, CommandTable
 from trio_periodic.store.base import Change, StoreError
 from trio_periodic.transport.streams import ConnectionLost, FrameStream
 
 log = logging.getLogger(__name__)
 
-#: A peer that stops reading while we have this much queued for it is cut off.
-MAX_OUTBOX_BYTES = 256 * 1024 * 1024
+#: Default bytes queued for one connection before it is read no further.
+MAX_OUTBOX_BYTES = 4 * 1024 * 1024
+#: Seconds a peer may stay over the outbox limit when keepalive is 0 (off).
+STALL_LIMIT = 300
 
 
 @dataclass(slots=True)
@@ -66,6 +80,10 @@ class ConnectionContext:
     auth: AuthFile | None = None
     #: Open protocol connections (CONFIG_SET keepalive re-times them all).
     connections: set[ServerSideConnection] = field(default_factory=set)
+    #: Bytes queued for one connection before it is read no further.
+    max_outbox: int = MAX_OUTBOX_BYTES
+    #: Set by the server on shutdown: connections close once they hold no job.
+    draining: bool = False
 
 
 @dataclass(slots=True)
@@ -73,6 +91,8 @@ class _PendingAcks:
     changes: list[Change]
     replies: list[tuple[int, bytes]]
     effects: list[Effect]
+    #: Bytes of the replies (counted in the connection's backlog until pushed).
+    size: int = 0
 
 
 class ServerSideConnection:
@@ -89,6 +109,13 @@ class ServerSideConnection:
         self.identity: Identity | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
+        #: Bytes of replies waiting for their commit (not yet in _out).
+        self._ack_bytes = 0
+        self._max_outbox = context.max_outbox
+        #: The connection's whole life; cancelled to close it at once.
+        self._scope = trio.CancelScope()
+        #: Set to make the reader stop after the current batch (drain).
+        self._closing = False
         self._arms: list[int] = []
         self._batch_arms: list[int] = []
         self._has_output = trio.Event()
@@ -113,10 +140,35 @@ class ServerSideConnection:
     # ------------------------------------------------------------ outbox
 
     def push_frame(self, frame: bytes) -> None:
+        if self._out_bytes > 2 * self._max_outbox and not self._scope.cancel_called:
+            log.warning(
+                "closing %s: not reading (%d bytes queued, limit %d)",
+                self.stream.peer,
+                self._out_bytes,
+                self._max_outbox,
+            )
+            self._scope.cancel()
         self._pushed += 1
         self._out.append(frame)
         self._out_bytes += len(frame)
         self._has_output.set()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the peer: unsent, or waiting for their commit."""
+        return self._out_bytes + self._ack_bytes
+
+    @property
+    def holds_jobs(self) -> bool:
+        return self._state is not None and bool(self._state.held)
+
+    def drain(self) -> None:
+        """Shutdown: stop reading now if this connection holds no job (else the
+        reader stops after the batch that reports its last one)."""
+        if not self.holds_jobs:
+            self._closing = True
+            if self._idle is not None:
+                self._idle.cancel()
 
     def arm_after_flush(self, msgid: int) -> None:
         self._batch_arms.append(msgid)
@@ -144,23 +196,24 @@ class ServerSideConnection:
         # ExceptionGroup; a plain except would let one bad frame escape and
         # take the whole server down.
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                nursery.start_soon(self._ack_loop)
-                try:
-                    await self._read_loop()
-                except RemoteProtocolError as exc:
-                    log.warning("closing %s: protocol error: %s", peer, exc)
-                # Commit what was applied, then let the writer send the replies
-                # (to the good frames before a bad one, too) before closing.
-                await self._acks_send.aclose()
-                with trio.move_on_after(10):
-                    await self._acked.wait()
-                with trio.move_on_after(1):
-                    await self._flushed()
-                nursery.cancel_scope.cancel()
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop)
+                    nursery.start_soon(self._ack_loop)
+                    try:
+                        await self._read_loop()
+                    except RemoteProtocolError as exc:
+                        log.warning("closing %s: protocol error: %s", peer, exc)
+                    # Commit what was applied, then let the writer send the replies
+                    # (to the good frames before a bad one, too) before closing.
+                    await self._acks_send.aclose()
+                    with trio.move_on_after(10):
+                        await self._acked.wait()
+                    with trio.move_on_after(1):
+                        await self._flushed()
+                    nursery.cancel_scope.cancel()
         except* ConnectionLost as group:
-            log.debug("connection %s lost: %s", peer, group.exceptions[0])
+            log.info("closing %s: %s", peer, group.exceptions[0])
         finally:
             live.discard(self)
             with trio.CancelScope(shield=True):
@@ -190,6 +243,7 @@ class ServerSideConnection:
                         failed = exc
                 for pending in batch:
                     replies = pending.replies
+                    self._ack_bytes -= pending.size
                     if failed is not None:
                         # Nothing that needed the store is acknowledged: the
                         # client sees the rejection and may retry.
@@ -225,6 +279,8 @@ class ServerSideConnection:
                 self._set_idle_deadline()
                 data = await self.stream.receive_some()
             self._idle = None
+            if self._closing:
+                return
             if idle.cancelled_caught:
                 log.info(
                     "closing %s: silent for %d s (keepalive)",
@@ -244,14 +300,32 @@ class ServerSideConnection:
                     events.append(event)
             except RemoteProtocolError as exc:
                 error = exc
-            if events:
-                await self._handle(events)
+            while events:
+                events = await self._handle(events)
+                if self.backlog > self._max_outbox:
+                    await self._wait_for_room()
             if error is not None:
                 raise error
+            if self.context.draining and not self.holds_jobs:
+                return
+
+    async def _wait_for_room(self) -> None:
+        """Read no further until the peer has taken enough of its replies."""
+        patience = self.core.config["keepalive"] or STALL_LIMIT
+        with trio.move_on_after(patience):
+            while self.backlog > self._max_outbox:
+                await self._sent_event.wait()
+            return
+        raise ConnectionLost(
+            f"peer not reading: {self.backlog} bytes queued for {patience} s"
+            f" (limit {self._max_outbox})"
+        )
 
     # ----------------------------------------------------------- batches
 
-    async def _handle(self, events: list[Registered | Request]) -> None:
+    async def _handle(self, events: list[Registered | Request]) -> list[Registered | Request]:
+        """Run a batch of requests; return those left for later because the
+        outbox filled up (the caller waits for room first)."""
         core = self.core
         now = self.service.clock.now()
         durable = self.service.store.durable
@@ -259,7 +333,13 @@ class ServerSideConnection:
         # STATUS...) go out at once; the others wait for the commit.
         immediate: list[bytes] = []
         replies: list[tuple[int, bytes]] = []
-        for event in events:
+        room = self._max_outbox - self.backlog
+        queued = 0
+        rest: list[Registered | Request] = []
+        for i, event in enumerate(events):
+            if queued > room:
+                rest = events[i:]
+                break
             if isinstance(event, Registered):
                 if self._state is not None:
                     raise RemoteProtocolError("second registration frame")
@@ -275,6 +355,7 @@ class ServerSideConnection:
             before = len(core.changes)
             reply = self._commands[type(packet)](self, msgid, packet, now)
             if reply is not None:
+                queued += len(reply)
                 if durable and len(core.changes) != before:
                     replies.append((msgid, reply))
                 else:
@@ -300,9 +381,10 @@ class ServerSideConnection:
         if wait:
             # The acknowledgements wait for the commit in the ack task, so that
             # reading (and dispatching) goes on meanwhile.
-            await self._acks_send.send(_PendingAcks(changes, replies, effects))
-        if self._out_bytes > MAX_OUTBOX_BYTES:
-            raise ConnectionLost(f"peer not reading ({self._out_bytes} bytes queued)")
+            size = sum(len(frame) for _, frame in replies)
+            self._ack_bytes += size
+            await self._acks_send.send(_PendingAcks(changes, replies, effects, size))
+        return rest
 
     def _allowed(self, packet: Packet) -> bool:
         """Role and auth checks (PROTOCOL.md §13.3), in the reference's order."""
@@ -317,10 +399,12 @@ class ServerSideConnection:
         identity = auth.identify(self.registration)
         self.identity = identity
         if identity is None:
+            auth.failures.note("protocol", self.stream.peer, "unknown identity or wrong token")
             return False
         if identity.is_admin:
             return True
-        return role_ok and (cmd not in FUNC_CHECKED or packet_funcs(packet) <= identity.funcs)
+        funcs = packet_funcs(packet) if cmd in FUNC_CHECKED else frozenset()
+        return role_ok and permits(identity, cmd, funcs)
 
     def flush_eagerly(self) -> bool:
         """Write what is queued right now, from the calling task, if the socket

@@ -83,10 +83,30 @@ def run(hosts: Sequence[str] | None, options: ServerOptions) -> int:
     tune_gc()
     try:
         trio.run(serve, list(hosts or DEFAULT_HOSTS), options)
-    except (StoreError, ListenError, AuthFileError) as exc:
-        print(f"periodicd: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        known = startup_error(exc)
+        if known is None:
+            raise
+        print(f"periodicd: {' '.join(str(known).split())}", file=sys.stderr)
         return 1
     return 0
+
+
+#: What can stop the server from starting, reported as one line (not a traceback).
+STARTUP_ERRORS = (StoreError, ListenError, AuthFileError)
+
+
+def startup_error(exc: BaseException) -> BaseException | None:
+    """The error to report for a failed start: the first known one inside
+    ``exc`` (trio wraps errors raised in nurseries in exception groups)."""
+    if isinstance(exc, STARTUP_ERRORS):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = startup_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 app = cyclopts.App(name="periodicd", help="The trio_periodic job server.")

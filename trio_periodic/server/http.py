@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
@@ -40,19 +41,30 @@ from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 import h11
 import trio
 
+from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.frames import decode_body
 from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import Data
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import SchedulerService
+from trio_periodic.server.auth import AuthFile, Identity, permits
 from trio_periodic.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
+#: Largest request body accepted (bytes); the server passes its frame limit.
 MAX_BODY = 64 * 1024 * 1024
+#: Largest request line + headers (bytes); longer answers 431.
+MAX_HEAD = 64 * 1024
 RECEIVE_SIZE = 64 * 1024
 #: How long an idle keep-alive HTTP connection stays open (seconds).
 IDLE_TIMEOUT = 60
+#: Seconds a request may take to arrive once its first byte has (slowloris guard).
+REQUEST_TIMEOUT = 30
+#: The challenge sent with 401 when an auth file is in force.
+AUTH_CHALLENGE = ("WWW-Authenticate", 'Basic realm="periodic"')
+#: Routes anyone may fetch, auth file or not: the client library's code, no data.
+PUBLIC_ROUTES = frozenset({b"/periodic.js"})
 #: First bytes of a request that mark a connection on the binary port as HTTP.
 HTTP_PREFIXES = (b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b"OPTI", b"PATC")
 
@@ -62,6 +74,27 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str = "application/json; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: with an auth file, the identity of its Basic credentials."""
+
+    #: None when no auth file is in force (every caller is trusted, as before).
+    identity: Identity | None = None
+
+    @property
+    def visible(self) -> frozenset[bytes] | None:
+        """The functions this caller may see, or None for all."""
+        identity = self.identity
+        return None if identity is None or identity.is_admin else identity.funcs
+
+    def require(self, cmd: Cmd, *funcs: bytes) -> None:
+        """Raise 403 unless the caller may do ``cmd`` on ``funcs`` (binary rules)."""
+        if self.identity is not None and not permits(self.identity, cmd, set(funcs)):
+            what = ", ".join(_text(f) for f in funcs) or "this"
+            raise HttpError(403, f"{_text(self.identity.name)} may not {cmd.name} {what}")
 
 
 def _json(status: int, obj: Any) -> Response:
@@ -86,6 +119,14 @@ class HttpError(Exception):
         self.status = status
 
 
+class _Refused(Exception):
+    """A request refused before it was read whole: answer, then close."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
 def _int_field(form: dict[bytes, list[bytes]], key: bytes) -> int:
     raw = form.get(key, [b""])[0].strip()
     if not raw:
@@ -97,25 +138,42 @@ def _int_field(form: dict[bytes, list[bytes]], key: bytes) -> int:
 
 
 class HttpApi:
-    def __init__(self, service: SchedulerService) -> None:
+    def __init__(
+        self,
+        service: SchedulerService,
+        *,
+        auth: AuthFile | None = None,
+        max_body: int = MAX_BODY,
+    ) -> None:
         self.service = service
         self.core: Scheduler = service.core
+        #: With an auth file every request but PUBLIC_ROUTES needs Basic credentials.
+        self.auth = auth
+        self.max_body = max_body
 
     # -------------------------------------------------------------- serving
 
-    async def serve(self, stream: trio.abc.Stream, initial: bytes = b"") -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+    async def serve(self, stream: trio.abc.Stream, initial: bytes = b"", peer: str = "?") -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         if initial:
             conn.receive_data(initial)
         try:
             while True:
-                request, body = await self._read_request(conn, stream)
+                try:
+                    request, body = await self._read_request(conn, stream)
+                except _Refused as exc:
+                    if conn.our_state is h11.SEND_RESPONSE:
+                        await self._send(conn, stream, exc.response)
+                    return
                 if request is None:
                     return
                 try:
-                    response = await self.route(request.method, request.target, body)
+                    caller = self._authenticate(request, peer)
+                    response = await self.route(request.method, request.target, body, caller)
                 except HttpError as exc:
                     response = _error(exc.status, str(exc))
+                    if exc.status == 401:
+                        response.headers.append(AUTH_CHALLENGE)
                 except StoreError as exc:
                     log.error("store error in HTTP request: %s", exc)
                     response = _error(503, f"store unavailable: {exc}")
@@ -128,27 +186,60 @@ class HttpApi:
         finally:
             await trio.aclose_forcefully(stream)
 
+    def _authenticate(self, request: h11.Request, peer: str) -> Caller:
+        if self.auth is None:
+            return Caller()
+        header = next((v for k, v in request.headers if k == b"authorization"), None)
+        identity = self.auth.identify_basic(header)
+        if identity is not None:
+            return Caller(identity)
+        if urlsplit(request.target).path in PUBLIC_ROUTES:
+            return Caller()
+        why = "no credentials" if header is None else "unknown name or wrong token"
+        self.auth.failures.note("http", peer, why)
+        raise HttpError(401, "authentication required (Basic NAME:TOKEN from the auth file)")
+
     async def _read_request(
         self, conn: h11.Connection, stream: trio.abc.Stream
     ) -> tuple[h11.Request | None, bytes]:
+        """The next request and its body; (None, b"") when the peer is done or idle.
+
+        The idle wait before a request is IDLE_TIMEOUT; once its first byte is
+        in, the whole request has REQUEST_TIMEOUT to arrive (a client trickling
+        bytes cannot hold the connection forever).  Raises _Refused with the
+        answer for a head or body over the limits or a request too slow."""
         request: h11.Request | None = None
         chunks: list[bytes] = []
         size = 0
+        deadline = math.inf
+        if conn.trailing_data[0]:
+            deadline = trio.current_time() + REQUEST_TIMEOUT
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                raise _Refused(_error(status, f"bad request: {exc}")) from None
             if event is h11.NEED_DATA:
-                with trio.move_on_after(IDLE_TIMEOUT):
+                timeout = IDLE_TIMEOUT if deadline == math.inf else deadline - trio.current_time()
+                with trio.move_on_after(max(timeout, 0)):
                     data = await stream.receive_some(RECEIVE_SIZE)
+                    if deadline == math.inf:
+                        deadline = trio.current_time() + REQUEST_TIMEOUT
                     conn.receive_data(bytes(data))
                     continue
-                return None, b""
+                if deadline == math.inf:
+                    return None, b""
+                raise _Refused(_error(408, f"request not complete within {REQUEST_TIMEOUT} s"))
             if isinstance(event, h11.Request):
                 request = event
+                length = next((v for k, v in event.headers if k == b"content-length"), b"0")
+                if int(length) > self.max_body:
+                    raise _Refused(_error(413, f"request body over {self.max_body} bytes"))
             elif isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > MAX_BODY:
-                    await self._send(conn, stream, _error(413, "request body too large"))
-                    return None, b""
+                if size > self.max_body:
+                    raise _Refused(_error(413, f"request body over {self.max_body} bytes"))
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 return request, b"".join(chunks)
@@ -162,6 +253,7 @@ class HttpApi:
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             ("Server", "trio-periodic"),
+            *response.headers,
         ]
         data = conn.send(h11.Response(status_code=response.status, headers=headers))
         data += conn.send(h11.Data(data=response.body)) if response.body else b""
@@ -170,7 +262,10 @@ class HttpApi:
 
     # -------------------------------------------------------------- routing
 
-    async def route(self, method: bytes, target: bytes, body: bytes) -> Response:
+    async def route(
+        self, method: bytes, target: bytes, body: bytes, caller: Caller | None = None
+    ) -> Response:
+        caller = caller or Caller()
         url = urlsplit(target)
         path = url.path
         query = parse_qs(url.query, keep_blank_values=True)
@@ -179,28 +274,36 @@ class HttpApi:
             parts.pop()
         handler = self._static_routes.get((method, path))
         if handler is not None:
-            response: Response = await handler(self, query, body)
+            response: Response = await handler(self, query, body, caller)
             return response
         if parts and parts[0] == b"periodic" and len(parts) >= 2:
-            return await self._bridge(method, parts[1:], query, body)
+            return await self._bridge(method, parts[1:], query, body, caller)
         if len(parts) > 1:
             raise HttpError(404, "no such route")
         func = parts[0] if parts else b""
         if method in (b"GET", b"HEAD"):
-            return self._stats(func)
+            return self._stats(func, caller)
         if method == b"POST":
             form = parse_qs(body, keep_blank_values=True) if body else {}
             for key, values in query.items():
                 form.setdefault(key, values)
-            return await self._form_post(func, form)
+            return await self._form_post(func, form, caller)
         if method == b"DELETE":
             if not func:
                 raise HttpError(400, "func is required")
+            caller.require(Cmd.DROP_FUNC, func)
             return await self._drop(func)
         raise HttpError(405, "method not allowed")
 
-    def _stats(self, func: bytes) -> Response:
-        rows = {row.func: row for row in self.core.status_rows(self.service.clock.now())}
+    def _stats(self, func: bytes, caller: Caller) -> Response:
+        visible = caller.visible
+        if func and visible is not None and func not in visible:
+            raise HttpError(403, f"{_text(func)} is not among this identity's functions")
+        rows = {
+            row.func: row
+            for row in self.core.status_rows(self.service.clock.now())
+            if visible is None or row.func in visible
+        }
 
         def one(row: Any) -> dict[str, Any]:
             return {
@@ -216,12 +319,15 @@ class HttpApi:
             return _json(200, one(rows[func]) if func in rows else {})
         return _json(200, {_text(name): one(row) for name, row in rows.items()})
 
-    async def _form_post(self, path_func: bytes, form: dict[bytes, list[bytes]]) -> Response:
+    async def _form_post(
+        self, path_func: bytes, form: dict[bytes, list[bytes]], caller: Caller
+    ) -> Response:
         func = path_func or form.get(b"func", [b""])[0]
         name = form.get(b"name", [b""])[0]
         if not func or not name:
             raise HttpError(400, "job name or func is required")
         if form.get(b"act", [b""])[0].lower() == b"remove":
+            caller.require(Cmd.REMOVE_JOB, func)
             if self.core.entry(func, name) is None:
                 raise HttpError(404, f"Job {_text(func)}:{_text(name)} not exists.")
             self.core.remove_job(func, name)
@@ -235,6 +341,7 @@ class HttpApi:
             timeout=_int_field(form, b"timeout"),
         )
         self._check_names(job)
+        caller.require(Cmd.SUBMIT_JOB, func)
         self.core.submit(job, self.service.clock.now())
         await self._commit()
         return _ok()
@@ -259,11 +366,16 @@ class HttpApi:
     # --------------------------------------------------- periodic-http-bridge
 
     async def _bridge(
-        self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], body: bytes
+        self,
+        method: bytes,
+        parts: list[bytes],
+        query: dict[bytes, list[bytes]],
+        body: bytes,
+        caller: Caller,
     ) -> Response:
         action = parts[0]
         if method == b"GET" and action == b"status" and len(parts) == 1:
-            text = self.core.status(self.service.clock.now())
+            text = self.core.status(self.service.clock.now(), caller.visible)
             return Response(200, text, "text/plain; charset=utf-8")
         if method != b"POST":
             raise HttpError(405, "method not allowed")
@@ -277,18 +389,22 @@ class HttpApi:
                 _int_field(query, b"timeout"),
             )
             self._check_names(job)
+            caller.require(Cmd.SUBMIT_JOB, job.func)
             self.core.submit(job, self.service.clock.now())
             await self._commit()
             return Response(204)
         if action == b"run" and len(parts) == 3:
             job = Job(parts[1], parts[2], body, 0, 0, _int_field(query, b"timeout"))
             self._check_names(job)
+            caller.require(Cmd.RUN_JOB, job.func)
             return await self._run(job)
         if action == b"remove" and len(parts) == 3:
+            caller.require(Cmd.REMOVE_JOB, parts[1])
             self.core.remove_job(parts[1], parts[2])
             await self._commit()
             return Response(204)
         if action == b"drop" and len(parts) == 2:
+            caller.require(Cmd.DROP_FUNC, parts[1])
             self.core.drop_func(parts[1])
             await self._commit()
             return Response(204)
@@ -311,11 +427,16 @@ class HttpApi:
 
     # ------------------------------------------------------ metrics, UI, JS
 
-    async def _metrics(self, query: Any, body: bytes) -> Response:
+    def _visible_rows(self, caller: Caller) -> list[Any]:
+        rows = self.core.status_rows(self.service.clock.now())
+        visible = caller.visible
+        return rows if visible is None else [row for row in rows if row.func in visible]
+
+    async def _metrics(self, query: Any, body: bytes, caller: Caller) -> Response:
         core = self.core
-        rows = core.status_rows(self.service.clock.now())
+        rows = self._visible_rows(caller)
         lines = []
-        for metric, help_text, field in (
+        for metric, help_text, attr in (
             ("periodic_workers", "Worker connections registered for the function.", "workers"),
             ("periodic_jobs", "Jobs stored for the function, in any state.", "jobs"),
             ("periodic_jobs_processing", "Jobs held by workers.", "processing"),
@@ -324,24 +445,24 @@ class HttpApi:
             lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
             for row in rows:
                 label = json.dumps(_text(row.func))
-                lines.append(f"{metric}{{func={label}}} {getattr(row, field)}")
+                lines.append(f"{metric}{{func={label}}} {getattr(row, attr)}")
         for key, value in core.counters.items():
             metric = f"periodic_jobs_{key}_total"
             lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
         return Response(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
 
-    async def _api_status(self, query: Any, body: bytes) -> Response:
-        rows = self.core.status_rows(self.service.clock.now())
+    async def _api_status(self, query: Any, body: bytes, caller: Caller) -> Response:
+        rows = self._visible_rows(caller)
         return _json(200, [{**row._asdict(), "func": _text(row.func)} for row in rows])
 
     async def _asset(self, name: str, content_type: str) -> Response:
         data = resources.files("trio_periodic").joinpath("static", name).read_bytes()
         return Response(200, data, content_type)
 
-    async def _dashboard(self, query: Any, body: bytes) -> Response:
+    async def _dashboard(self, query: Any, body: bytes, caller: Caller) -> Response:
         return await self._asset("dashboard.html", "text/html; charset=utf-8")
 
-    async def _javascript(self, query: Any, body: bytes) -> Response:
+    async def _javascript(self, query: Any, body: bytes, caller: Caller) -> Response:
         return await self._asset("periodic.js", "text/javascript; charset=utf-8")
 
     _static_routes: dict[tuple[bytes, bytes], Callable[..., Any]] = {
