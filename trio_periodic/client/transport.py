@@ -3,9 +3,12 @@
 Accepted URLs (PROTOCOL.md §1, and what aio_periodic accepts):
 
 * ``tcp://HOST:PORT`` (``tcp://:PORT`` connects to 127.0.0.1, ``tcp://[::1]:PORT``);
-* ``unix:///path/to.sock`` (any other ``scheme://PATH`` is a Unix socket path too);
+* ``unix:///path/to.sock``;
 * ``ws://HOST:PORT[/PATH]`` - WebSocket, one binary message per frame;
+* ``tls://HOST:PORT`` and ``wss://HOST:PORT[/PATH]`` - the same over TLS;
 * a bare ``HOST:PORT`` - TCP.
+
+Any other scheme is an error (the reference took it as a Unix socket path).
 """
 
 from __future__ import annotations

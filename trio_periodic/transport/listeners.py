@@ -1,9 +1,10 @@
-"""Listener URLs → bound listeners (``tcp://``, ``unix://``, ``ws://``).
+"""Listener URLs → bound listeners (``tcp://``, ``unix://``, ``tls://``).
 
 URL syntax follows the reference (PROTOCOL.md §1): ``tcp://HOST:PORT`` with an
-empty host meaning every interface, ``unix:///path``, and any other
-``scheme://rest`` taken as a Unix socket path.  ``ws://HOST:PORT[/PATH]``
-serves WebSocket clients.
+empty host meaning every interface, and ``unix:///path``; unlike the
+reference, an unknown scheme is an error rather than a Unix socket path (see
+:mod:`.urls`).  ``ws://HOST:PORT[/PATH]`` and ``wss://…`` serve WebSocket
+clients (trio_websocket binds those itself).
 """
 
 from __future__ import annotations
