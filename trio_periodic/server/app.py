@@ -37,9 +37,13 @@ from trio_periodic.transport.listeners import (
     ListenURL,
     open_tcp,
     open_unix,
+    parse_http_address,
     parse_listen_url,
+    tls_context,
 )
 from trio_periodic.transport.streams import RECEIVE_SIZE, ByteFrameStream, WebSocketFrameStream
+from trio_periodic.transport.tls import after_handshake, wrap_listeners
+from trio_periodic.transport.urls import TLS_SCHEMES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ class Server:
         max_outbox: int = DEFAULT_MAX_OUTBOX,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
@@ -69,6 +76,12 @@ class Server:
         self.http_address = http
         #: The auth file's rules, or None (raises AuthFileError when invalid).
         self.auth = AuthFile(auth_file) if auth_file else None
+        secure = [str(url) for url in self.urls if url.scheme in TLS_SCHEMES]
+        if http and parse_http_address(http)[1]:
+            secure.append(http)
+        #: The TLS listeners' one context, or None without them (raises ListenError
+        #: when they have no usable certificate).
+        self.ssl_context = tls_context(secure, tls_cert, tls_key, tls_client_ca)
         self.core = Scheduler()
         self.service: SchedulerService
         #: Built in run(), once the scheduler service exists.
@@ -142,6 +155,16 @@ class Server:
             self._unix_paths.append(url.path)
             self._announce(f"unix://{url.path}")
             nursery.start_soon(partial(trio.serve_listeners, self._serve_socket, [listener]))
+        elif url.scheme == "tls":
+            assert self.ssl_context is not None
+            listeners = await open_tcp(url)
+            for listener in listeners:
+                host, port = listener.socket.getsockname()[:2]
+                self._announce(f"tls://{_fmt_host(host)}:{port}")
+            # Each connection handshakes in its own task, then is routed as on tcp://.
+            serve_tls = after_handshake(self._serve_socket)
+            tls_listeners = wrap_listeners(listeners, self.ssl_context)
+            nursery.start_soon(partial(trio.serve_listeners, serve_tls, tls_listeners))
         else:
             ws_server = await nursery.start(
                 partial(
@@ -149,30 +172,40 @@ class Server:
                     self._serve_websocket,
                     url.host or None,
                     url.port,
-                    ssl_context=None,
+                    ssl_context=self.ssl_context if url.scheme == "wss" else None,
                     max_message_size=self.max_frame_size + 16,
                 )
             )
             path = url.path if url.path != "/" else ""
             for endpoint in ws_server.listeners:
                 if not isinstance(endpoint, str):
-                    self._announce(f"ws://{_fmt_host(str(endpoint.address))}:{endpoint.port}{path}")
+                    host = _fmt_host(str(endpoint.address))
+                    self._announce(f"{url.scheme}://{host}:{endpoint.port}{path}")
 
     async def _listen_http(self, nursery: trio.Nursery, address: str) -> None:
-        url = parse_listen_url(f"tcp://{address}" if "://" not in address else address)
-        listeners = await open_tcp(ListenURL("tcp", url.host, url.port))
+        url, secure = parse_http_address(address)
+        listeners = await open_tcp(url)
         for listener in listeners:
             host, port = listener.socket.getsockname()[:2]
-            self._announce(f"http://{_fmt_host(host)}:{port}")
-        nursery.start_soon(partial(trio.serve_listeners, self.http.serve, listeners))
+            self._announce(f"{'https' if secure else 'http'}://{_fmt_host(host)}:{port}")
+        if secure:
+            assert self.ssl_context is not None
+            serve_https = after_handshake(self.http.serve)
+            https_listeners = wrap_listeners(listeners, self.ssl_context)
+            nursery.start_soon(partial(trio.serve_listeners, serve_https, https_listeners))
+        else:
+            nursery.start_soon(partial(trio.serve_listeners, self.http.serve, listeners))
 
     def _announce(self, url: str) -> None:
         self.bound.append(url)
         log.info("listening on %s", url)
 
-    async def _serve_socket(self, stream: trio.SocketStream) -> None:
+    async def _serve_socket(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    ) -> None:
+        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            peer = stream.socket.getpeername()
+            peer = raw.socket.getpeername()
         except OSError:
             peer = "?"
         name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"

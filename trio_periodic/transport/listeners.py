@@ -12,10 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdlib_socket
+import ssl
 import stat
+from collections.abc import Sequence
 
 import trio
 
+from trio_periodic.transport.tls import TlsError, server_context
 from trio_periodic.transport.urls import PeriodicURL, URLError, parse_url
 
 
@@ -31,6 +34,35 @@ def parse_listen_url(url: str) -> ListenURL:
     try:
         return parse_url(url, min_port=0)
     except URLError as exc:
+        raise ListenError(str(exc)) from None
+
+
+def parse_http_address(address: str) -> tuple[ListenURL, bool]:
+    """``[http://]HOST:PORT`` or ``https://HOST:PORT`` → (TCP URL, whether TLS)."""
+    scheme, sep, rest = address.rpartition("://")
+    if sep and scheme not in ("http", "https"):
+        raise ListenError(
+            f"unknown scheme {scheme!r} in HTTP address {address!r} (expected "
+            "HOST:PORT, http:// or https://)"
+        )
+    url = parse_listen_url(f"tcp://{rest}")
+    return url, scheme == "https"
+
+
+def tls_context(
+    secure: Sequence[str], cert: str | None, key: str | None, client_ca: str | None
+) -> ssl.SSLContext | None:
+    """The one context for the TLS listeners named in ``secure``; None when
+    there are none.  :class:`ListenError` when they have no usable certificate."""
+    if not secure:
+        return None
+    if cert is None:
+        raise ListenError(
+            f"{secure[0]} needs a certificate: give --tls-cert FILE and --tls-key FILE"
+        )
+    try:
+        return server_context(cert, key, client_ca)
+    except TlsError as exc:
         raise ListenError(str(exc)) from None
 
 

@@ -37,14 +37,17 @@ class FrameStream(Protocol):
 
 
 class ByteFrameStream:
-    """TCP and Unix sockets: frames are concatenated into one write."""
+    """TCP and Unix sockets, plain or under TLS: frames are concatenated into one write."""
 
     def __init__(self, stream: trio.abc.Stream, peer: str, initial: bytes = b"") -> None:
         self._stream = stream
         self.peer = peer
         self._initial = initial
-        sock = getattr(stream, "socket", None)
-        self._fd: int = sock.fileno() if sock is not None else -1
+        # The try_send fast path writes to the socket directly, so only for a
+        # bare socket: under TLS the bytes must go through the SSL object
+        # (writing plaintext to the socket would break the session), and
+        # try_send returning 0 leaves every write to send().
+        self._fd: int = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
     async def receive_some(self) -> bytes:
         if self._initial:
