@@ -39,6 +39,7 @@ from trio_periodic.transport.listeners import (
     open_unix,
     parse_http_address,
     parse_listen_url,
+    serve_websocket_stream,
     tls_context,
 )
 from trio_periodic.transport.streams import RECEIVE_SIZE, ByteFrameStream, WebSocketFrameStream
@@ -165,6 +166,23 @@ class Server:
             serve_tls = after_handshake(self._serve_socket)
             tls_listeners = wrap_listeners(listeners, self.ssl_context)
             nursery.start_soon(partial(trio.serve_listeners, serve_tls, tls_listeners))
+        elif url.scheme == "wss":
+            assert self.ssl_context is not None
+            listeners = await open_tcp(url)
+            path = url.path if url.path != "/" else ""
+            for listener in listeners:
+                host, port = listener.socket.getsockname()[:2]
+                self._announce(f"wss://{_fmt_host(host)}:{port}{path}")
+            # TLS first, in the connection's task (as tls://), then the WebSocket.
+            serve_ws = partial(
+                serve_websocket_stream,
+                self._serve_websocket,
+                max_message_size=self.max_frame_size + 16,
+            )
+            wss_listeners = wrap_listeners(listeners, self.ssl_context)
+            nursery.start_soon(
+                partial(trio.serve_listeners, after_handshake(serve_ws), wss_listeners)
+            )
         else:
             ws_server = await nursery.start(
                 partial(
@@ -172,15 +190,14 @@ class Server:
                     self._serve_websocket,
                     url.host or None,
                     url.port,
-                    ssl_context=self.ssl_context if url.scheme == "wss" else None,
+                    ssl_context=None,
                     max_message_size=self.max_frame_size + 16,
                 )
             )
             path = url.path if url.path != "/" else ""
             for endpoint in ws_server.listeners:
                 if not isinstance(endpoint, str):
-                    host = _fmt_host(str(endpoint.address))
-                    self._announce(f"{url.scheme}://{host}:{endpoint.port}{path}")
+                    self._announce(f"ws://{_fmt_host(str(endpoint.address))}:{endpoint.port}{path}")
 
     async def _listen_http(self, nursery: trio.Nursery, address: str) -> None:
         url, secure = parse_http_address(address)
