@@ -15,6 +15,8 @@ from typing import Protocol
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from trio_periodic.transport.tls import describe
+
 RECEIVE_SIZE = 256 * 1024
 
 
@@ -56,14 +58,16 @@ class ByteFrameStream:
         try:
             return bytes(await self._stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+            # describe(): under TLS the reason (say, a refused client
+            # certificate) is the ssl error trio wrapped.
+            raise ConnectionLost(describe(exc)) from exc
 
     async def send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+            raise ConnectionLost(describe(exc)) from exc
 
     def try_send(self, data: bytes) -> int:
         # The socket is non-blocking (trio made it so): write(2) takes what

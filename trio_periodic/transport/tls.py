@@ -143,13 +143,12 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """Why a TLS stream broke, in one line (trio wraps the ssl error)."""
-    cause = exc.__cause__ or exc.__context__
+    """Why a stream broke, in one line: under TLS, the ssl error that trio
+    wrapped in ``BrokenResourceError`` (whose own text is empty)."""
+    cause = exc.__cause__
     if isinstance(cause, ssl.SSLError):
         return _ssl_reason(cause)
-    if isinstance(cause, OSError):
-        return _os_reason(cause)
-    return str(exc) or type(exc).__name__
+    return str(exc) or (cause is not None and str(cause)) or type(exc).__name__
 
 
 def wrap_listeners(
