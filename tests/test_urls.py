@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_periodic.transport.listeners import ListenError, parse_listen_url
+from trio_periodic.transport.listeners import ListenError, parse_http_address, parse_listen_url
 from trio_periodic.transport.urls import PeriodicURL, URLError, parse_url
 
 
@@ -63,3 +63,18 @@ def test_listeners_may_ask_for_port_zero_and_clients_may_not() -> None:
     with pytest.raises(ListenError, match="missing port"):
         parse_listen_url("tcp://127.0.0.1")
     assert parse_url("127.0.0.1:5000", bare=True) == PeriodicURL("tcp", "127.0.0.1", 5000)
+
+
+def test_http_addresses() -> None:
+    assert parse_http_address("127.0.0.1:8080") == (PeriodicURL("tcp", "127.0.0.1", 8080), False)
+    assert parse_http_address("http://:8080") == (PeriodicURL("tcp", "", 8080), False)
+    assert parse_http_address("https://[::1]:0") == (PeriodicURL("tcp", "::1", 0), True)
+    with pytest.raises(ListenError, match="unknown scheme 'ftp' in HTTP address"):
+        parse_http_address("ftp://h:21")
+
+
+def test_clients_fill_in_the_host_for_tls_too() -> None:
+    from trio_periodic.client import parse_url as client_parse_url
+
+    assert client_parse_url("tls://:5443") == PeriodicURL("tls", "127.0.0.1", 5443)
+    assert client_parse_url("wss://:443/p") == PeriodicURL("wss", "127.0.0.1", 443, "/p")
