@@ -64,9 +64,14 @@ class DaemonProcess:
 
 
 def start_daemon(*args: str, timeout: float = 20) -> DaemonProcess:
-    """Start ``periodicd`` as a subprocess on a free TCP port; wait until it listens."""
+    """Start ``periodicd`` as a subprocess on a free TCP port; wait until it listens.
+
+    Unless a test says otherwise, SIGTERM drains for 2 s, not 25: tests that
+    stop a server under a worker holding jobs need not wait for them."""
     if "--http" not in args:
         args = (*args, "--http", "off")
+    if "--drain-timeout" not in args:
+        args = (*args, "--drain-timeout", "2")
     cmd = [sys.executable, "-m", "trio_periodic.server.daemon", "-H", "tcp://127.0.0.1:0", *args]
     proc = subprocess.Popen(
         cmd,

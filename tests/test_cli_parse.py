@@ -26,6 +26,7 @@ from trio_periodic.cli.invocation import (
     WorkerCmd,
 )
 from trio_periodic.server.options import ServerOptions
+from trio_periodic.transport.tls import TlsOptions
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +38,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "PERIODIC_PATH",
         "PERIODIC_LOG",
         "PERIODIC_HTTP",
+        "PERIODIC_TLS_CA",
+        "PERIODIC_TLS_CERT",
+        "PERIODIC_TLS_KEY",
         "THREAD",
     ):
         monkeypatch.delenv(var, raising=False)
@@ -297,3 +301,42 @@ def test_sizes(text: str, size: int) -> None:
 
 def test_bad_size_is_a_usage_error() -> None:
     assert run_cli(["serve", "--max-outbox", "lots"]) == 2
+
+
+# ------------------------------------------------------------------------- TLS
+
+
+def test_tls_global_options() -> None:
+    argv = ["-H", "tls://h:5443", "--tls-ca", "ca.pem", "--tls-cert", "me.pem", "--tls-key", "k"]
+    inv = parse([*argv, "ping"])
+    tls = TlsOptions("ca.pem", "me.pem", "k")
+    assert inv == Invocation(Globals(("tls://h:5443",), tls=tls), Ping())
+    # FUNC is still found when the worker's command follows without `--`.
+    assert cmd(*argv, "worker", "f", "echo", "hi") == WorkerCmd("f", ("echo", "hi"))
+
+
+def test_tls_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERIODIC_TLS_CA", "ca.pem")
+    inv = parse(["ping"])
+    assert inv is not None and inv.globals.tls == TlsOptions(ca="ca.pem")
+
+
+def test_tls_key_without_a_certificate_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--tls-key needs --tls-cert"):
+        parse(["--tls-key", "k", "ping"])
+    assert run_cli(["--tls-key", "k", "ping"]) == 2
+
+
+def test_serve_takes_the_tls_flags() -> None:
+    argv = ["serve", "--tls-cert", "s.pem", "--tls-key", "s.key", "--tls-client-ca", "ca.pem"]
+    command = cmd(*argv, "--http", "https://127.0.0.1:8443")
+    assert isinstance(command, Serve)
+    o = command.options
+    assert (o.tls_cert, o.tls_key, o.tls_client_ca) == ("s.pem", "s.key", "ca.pem")
+    assert o.http_address == "https://127.0.0.1:8443"
+
+
+def test_daemon_flag_gives_the_certificate_to_the_server() -> None:
+    command = cmd("-d", "-H", "tls://:5443", "--tls-cert", "s.pem", "--tls-key", "s.key")
+    assert isinstance(command, Serve) and command.hosts == ("tls://:5443",)
+    assert (command.options.tls_cert, command.options.tls_key) == ("s.pem", "s.key")

@@ -265,7 +265,10 @@ async def run_client(g: Globals, cmd: Command) -> int:
     """Connect, run ``cmd``, return the exit status."""
     # Local problems (an unreadable dump file) are reported before connecting.
     jobs = read_dump(cmd.path) if isinstance(cmd, Load) else []
-    async with Client.connect(g.url, name=g.client_name, token=g.client_token) as client:
+    context = g.ssl_context()
+    async with Client.connect(
+        g.url, name=g.client_name, token=g.client_token, ssl_context=context
+    ) as client:
         if isinstance(cmd, Load):
             return await _load(client, jobs)
         return await ACTIONS[type(cmd)](client, cmd)

@@ -32,6 +32,7 @@ from trio_periodic.cli.invocation import (
     WorkerCmd,
 )
 from trio_periodic.server.options import DEFAULT_HTTP, ServerOptions
+from trio_periodic.transport.tls import TlsOptions
 
 __all__ = ["UsageError", "app", "execute", "main", "parse", "run_cli"]
 _COMMAND_MODULES = (client_commands, server_commands, worker_command)
@@ -54,6 +55,9 @@ def _periodic(
     client_token: Annotated[
         str | None, Parameter(env_var="PERIODIC_CLIENT_TOKEN", group=GLOBAL)
     ] = None,
+    tls_ca: Annotated[str | None, Parameter(env_var="PERIODIC_TLS_CA", group=GLOBAL)] = None,
+    tls_cert: Annotated[str | None, Parameter(env_var="PERIODIC_TLS_CERT", group=GLOBAL)] = None,
+    tls_key: Annotated[str | None, Parameter(env_var="PERIODIC_TLS_KEY", group=GLOBAL)] = None,
     daemon: Annotated[bool, Parameter(name=["-d", "--daemon"], group=GLOBAL)] = False,
 ) -> Invocation | None:
     """Global options.
@@ -61,18 +65,29 @@ def _periodic(
     Parameters
     ----------
     host
-        Server URL: unix:///PATH, tcp://HOST:PORT or ws://HOST:PORT/PATH
-        (default unix:///tmp/periodic.sock).  With -d or serve: listen here (repeatable).
+        Server URL: unix:///PATH, tcp://HOST:PORT, ws://HOST:PORT/PATH, or over TLS
+        tls://HOST:PORT or wss://HOST:PORT/PATH (default unix:///tmp/periodic.sock).
+        With -d or serve: listen here (repeatable).
     client_name
         Identity name, for servers with an auth file (with --client-token).
     client_token
         Identity token (with --client-name).
+    tls_ca
+        PEM CA certificates to check a tls:// or wss:// server with (default: the
+        system's CAs).
+    tls_cert
+        PEM client certificate chain, for servers that require one (the key may be in
+        the same file).
+    tls_key
+        PEM private key of --tls-cert, when it is in a file of its own.
     daemon
         Run the server (the seed README's `periodic -d`); the same as `periodic serve`.
     """
     if (client_name is None) != (client_token is None):
         raise UsageError("--client-name and --client-token must be provided together")
-    g = Globals(tuple(host or ()), client_name, client_token)
+    if tls_key is not None and tls_cert is None:
+        raise UsageError("--tls-key needs --tls-cert")
+    g = Globals(tuple(host or ()), client_name, client_token, TlsOptions(tls_ca, tls_cert, tls_key))
     if daemon:
         if tokens:
             raise UsageError(f"-d runs the server and takes no command (got {tokens[0]!r})")
@@ -81,6 +96,9 @@ def _periodic(
             path=env.get("PERIODIC_PATH") or None,
             log=env.get("PERIODIC_LOG") or "INFO",
             http=env.get("PERIODIC_HTTP") or DEFAULT_HTTP,
+            # With -d there is no client: the certificate is the server's.
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
         serve = Serve(g.hosts, options)
         return Invocation(g, serve)
@@ -96,7 +114,9 @@ def _periodic(
 _WORKER_VALUE_OPTS = frozenset(
     {"--thread", "--timeout", "--lock-name", "--lock-count", "--retry-secs", "--ready-timeout"}
 )
-_GLOBAL_VALUE_OPTS = frozenset({"-H", "--host", "--client-name", "--client-token"})
+_GLOBAL_VALUE_OPTS = frozenset(
+    {"-H", "--host", "--client-name", "--client-token", "--tls-ca", "--tls-cert", "--tls-key"}
+)
 
 
 def _add_worker_separator(argv: list[str]) -> list[str]:

@@ -9,10 +9,12 @@ two apart lets the tests check every parse without a server.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from trio_periodic.client.transport import DEFAULT_URL
 from trio_periodic.server.options import ServerOptions
+from trio_periodic.transport.tls import TlsOptions
 
 __all__ = [
     "Command",
@@ -44,10 +46,18 @@ class Globals:
     hosts: tuple[str, ...] = ()
     client_name: str | None = None
     client_token: str | None = None
+    #: ``--tls-ca`` / ``--tls-cert`` / ``--tls-key``, for tls:// and wss:// servers.
+    tls: TlsOptions = field(default_factory=TlsOptions)
 
     @property
     def url(self) -> str:
         return self.hosts[0] if self.hosts else DEFAULT_URL
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client's TLS context when a --tls-* option is given (else None: the
+        system's CAs); :class:`~trio_periodic.transport.tls.TlsError` for a file that
+        cannot be used.  Built even for a plain URL, so a wrong path shows at once."""
+        return self.tls.client_context() if self.tls.given else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from trio_periodic.client.errors import (
 from trio_periodic.client.job import Done, Fail, Job, SchedLater
 from trio_periodic.client.transport import DEFAULT_URL, default_url, parse_url
 from trio_periodic.client.worker import Worker
+from trio_periodic.transport.tls import TlsError, TlsOptions
 
 __all__ = [
     "DEFAULT_URL",
@@ -43,6 +44,8 @@ __all__ = [
     "PeriodicError",
     "RequestTimeout",
     "SchedLater",
+    "TlsError",
+    "TlsOptions",
     "UnexpectedReply",
     "Worker",
     "default_url",

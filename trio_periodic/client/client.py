@@ -18,6 +18,7 @@ server keeps their subscription alive (the job's timeout, 60 s if 0) plus
 from __future__ import annotations
 
 import inspect
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -169,12 +170,16 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the default wait of every request
         ping_interval: float = PING_INTERVAL,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> AsyncIterator[Self]:
         """Connect to ``url`` (default: ``$PERIODIC_PORT`` or ``unix:///tmp/periodic.sock``).
 
         ``name``/``token`` register with an identity (type 3), for servers
         started with an auth file.  ``timeout`` bounds connecting and every
         request; ``ping_interval`` is the idle time before a keepalive PING.
+        ``ssl_context`` serves ``tls://`` and ``wss://`` URLs (default: the
+        system's CAs); ``TlsOptions(ca=..., cert=..., key=...).client_context()``
+        builds one from PEM files.
         """
         registration = identity_registration(False, name, token)
         async with Connection.open(
@@ -183,6 +188,7 @@ class Client:
             timeout=timeout,
             ping_interval=ping_interval,
             max_frame_size=max_frame_size,
+            ssl_context=ssl_context,
         ) as conn:
             yield cls(conn)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Self
@@ -191,14 +192,18 @@ class Connection:
         timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
         ping_interval: float = PING_INTERVAL,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> AsyncIterator[Self]:
-        """Connect to ``url`` and register; :class:`ConnectError` if that fails."""
+        """Connect to ``url`` and register; :class:`ConnectError` if that fails.
+
+        ``ssl_context`` is for ``tls://`` and ``wss://`` URLs (default: the
+        system's CAs)."""
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
             conn: Self | None = None
             try:
                 conn = await cls._establish(
-                    url, registration, nursery, timeout, ping_interval, max_frame_size
+                    url, registration, nursery, timeout, ping_interval, max_frame_size, ssl_context
                 )
                 nursery.start_soon(conn._read_loop)
                 nursery.start_soon(conn._write_loop)
@@ -229,11 +234,12 @@ class Connection:
         timeout: float,  # noqa: ASYNC109 - see open()
         ping_interval: float,
         max_frame_size: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> Self:
         stream: FrameStream | None = None
         try:
             with trio.fail_after(timeout):
-                stream = await open_frame_stream(url, nursery)
+                stream = await open_frame_stream(url, nursery, ssl_context)
                 conn = cls(
                     stream,
                     registration,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -171,14 +172,17 @@ class Worker:
         timeout: float = DEFAULT_TIMEOUT,
         ping_interval: float = PING_INTERVAL,
         max_backoff: float = 3.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``url`` defaults to ``$PERIODIC_PORT`` or ``unix:///tmp/periodic.sock``.
 
         ``name``/``token`` register with an identity (type 4).  ``timeout``
         bounds connecting and every request; reconnection waits double from
-        0.1 s up to ``max_backoff`` seconds.
+        0.1 s up to ``max_backoff`` seconds.  ``ssl_context`` serves
+        ``tls://`` and ``wss://`` URLs (default: the system's CAs).
         """
         self.url = url or default_url()
+        self.ssl_context = ssl_context
         self._registration = identity_registration(True, name, token)
         self.timeout = timeout
         self.ping_interval = ping_interval
@@ -283,6 +287,7 @@ class Worker:
                         self._registration,
                         timeout=self.timeout,
                         ping_interval=self.ping_interval,
+                        ssl_context=self.ssl_context,
                     ) as conn:
                         await self._session(conn, size, on_ready)
                 except PeriodicError as exc:

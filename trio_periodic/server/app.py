@@ -26,6 +26,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Any
 
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
@@ -47,9 +48,14 @@ from trio_periodic.transport.listeners import (
     ListenURL,
     open_tcp,
     open_unix,
+    parse_http_address,
     parse_listen_url,
+    serve_websocket_stream,
+    tls_context,
 )
 from trio_periodic.transport.streams import RECEIVE_SIZE, ByteFrameStream, WebSocketFrameStream
+from trio_periodic.transport.tls import after_handshake, peer_name, wrap_listeners
+from trio_periodic.transport.urls import TLS_SCHEMES
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,9 @@ class Server:
         max_outbox: int = DEFAULT_MAX_OUTBOX,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
@@ -79,6 +88,12 @@ class Server:
         self.http_address = http
         #: The auth file's rules, or None (raises AuthFileError when invalid).
         self.auth = AuthFile(auth_file) if auth_file else None
+        secure = [str(url) for url in self.urls if url.scheme in TLS_SCHEMES]
+        if http and parse_http_address(http)[1]:
+            secure.append(http)
+        #: The TLS listeners' one context, or None without them (raises ListenError
+        #: when they have no usable certificate).
+        self.ssl_context = tls_context(secure, tls_cert, tls_key, tls_client_ca)
         self.core = Scheduler()
         self.service: SchedulerService
         #: Built in run(), once the scheduler service exists.
@@ -196,11 +211,36 @@ class Server:
             self._unix_paths.append(url.path)
             self._announce(f"unix://{url.path}")
             nursery.start_soon(self._serve_listeners, self._serve_socket, [listener])
+        elif url.scheme == "tls":
+            assert self.ssl_context is not None
+            listeners = await open_tcp(url)
+            for listener in listeners:
+                host, port = listener.socket.getsockname()[:2]
+                self._announce(f"tls://{_fmt_host(host)}:{port}")
+            # Each connection handshakes in its own task, then is routed as on tcp://.
+            serve_tls = after_handshake(self._serve_socket)
+            tls_listeners = wrap_listeners(listeners, self.ssl_context)
+            nursery.start_soon(self._serve_listeners, serve_tls, tls_listeners)
+        elif url.scheme == "wss":
+            assert self.ssl_context is not None
+            listeners = await open_tcp(url)
+            path = url.path if url.path != "/" else ""
+            for listener in listeners:
+                host, port = listener.socket.getsockname()[:2]
+                self._announce(f"wss://{_fmt_host(host)}:{port}{path}")
+            # TLS first, in the connection's task (as tls://), then the WebSocket.
+            serve_ws = partial(
+                serve_websocket_stream,
+                self._serve_websocket,
+                max_message_size=self.max_frame_size + 16,
+            )
+            wss_listeners = wrap_listeners(listeners, self.ssl_context)
+            nursery.start_soon(self._serve_listeners, after_handshake(serve_ws), wss_listeners)
         else:
             ws_server = await nursery.start(
                 partial(
                     serve_websocket,
-                    self._serve_websocket,
+                    self._serve_ws_request,
                     url.host or None,
                     url.port,
                     ssl_context=None,
@@ -214,12 +254,18 @@ class Server:
                     self._announce(f"ws://{_fmt_host(str(endpoint.address))}:{endpoint.port}{path}")
 
     async def _listen_http(self, nursery: trio.Nursery, address: str) -> None:
-        url = parse_listen_url(f"tcp://{address}" if "://" not in address else address)
-        listeners = await open_tcp(ListenURL("tcp", url.host, url.port))
+        url, secure = parse_http_address(address)
+        listeners = await open_tcp(url)
         for listener in listeners:
             host, port = listener.socket.getsockname()[:2]
-            self._announce(f"http://{_fmt_host(host)}:{port}")
-        nursery.start_soon(self._serve_listeners, self._serve_http, listeners)
+            self._announce(f"{'https' if secure else 'http'}://{_fmt_host(host)}:{port}")
+        if secure:
+            assert self.ssl_context is not None
+            serve_https = after_handshake(self._serve_http)
+            https_listeners = wrap_listeners(listeners, self.ssl_context)
+            nursery.start_soon(self._serve_listeners, serve_https, https_listeners)
+        else:
+            nursery.start_soon(self._serve_listeners, self._serve_http, listeners)
 
     def _announce(self, url: str) -> None:
         self.bound.append(url)
@@ -227,18 +273,18 @@ class Server:
 
     async def _serve_listeners(
         self,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
-        listeners: list[trio.SocketListener],
+        handler: Callable[[Any], Awaitable[None]],
+        listeners: Sequence[trio.abc.Listener[Any]],
     ) -> None:
         """Accept on ``listeners``; each connection runs in the connections' nursery."""
 
-        async def admitted(stream: trio.SocketStream) -> None:
+        async def admitted(stream: trio.abc.Stream) -> None:
             await self._admit(handler, stream)
 
-        await trio.serve_listeners(admitted, listeners, handler_nursery=self._conns)
+        await trio.serve_listeners(admitted, list(listeners), handler_nursery=self._conns)
 
     async def _admit(
-        self, handler: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
+        self, handler: Callable[[Any], Awaitable[None]], stream: trio.abc.Stream
     ) -> None:
         if not self._may_open():
             await trio.aclose_forcefully(stream)
@@ -265,12 +311,18 @@ class Server:
             self._refused, self._refused_logged_at = 0, now
         return False
 
-    async def _serve_http(self, stream: trio.SocketStream) -> None:
-        await self.http.serve(stream, peer=_peer_name(stream))
+    async def _serve_http(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    ) -> None:
+        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        await self.http.serve(stream, peer=peer_name(raw))
 
-    async def _serve_socket(self, stream: trio.SocketStream) -> None:
+    async def _serve_socket(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    ) -> None:
+        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            peer = stream.socket.getpeername()
+            peer = raw.socket.getpeername()
         except OSError:
             peer = "?"
         name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"
@@ -290,27 +342,23 @@ class Server:
             frames = ByteFrameStream(stream, name, initial=first)
             await ServerSideConnection(self._conn_context, frames).serve()
 
-    async def _serve_websocket(self, request: WebSocketRequest) -> None:
+    async def _serve_ws_request(self, request: WebSocketRequest) -> None:
+        """ws:// (trio_websocket accepts): count the connection, then serve it."""
         if not self._may_open():
             await request.reject(503, body=b"too many connections")
             return
         try:
-            ws = await request.accept()
-            remote = ws.remote
-            name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
-            await ServerSideConnection(self._conn_context, WebSocketFrameStream(ws, name)).serve()
+            await self._serve_websocket(request)
         finally:
             self._open -= 1
             self._notify()
 
+    async def _serve_websocket(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        remote = ws.remote
+        name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
+        await ServerSideConnection(self._conn_context, WebSocketFrameStream(ws, name)).serve()
+
 
 def _fmt_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _peer_name(stream: trio.SocketStream) -> str:
-    try:
-        peer = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"

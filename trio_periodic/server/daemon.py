@@ -46,6 +46,9 @@ async def serve(hosts: Sequence[str], options: ServerOptions) -> None:
         max_outbox=options.max_outbox,
         max_connections=options.max_connections,
         drain_timeout=options.drain_timeout,
+        tls_cert=options.tls_cert,
+        tls_key=options.tls_key,
+        tls_client_ca=options.tls_client_ca,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, server)
@@ -125,7 +128,8 @@ def periodicd(
     Parameters
     ----------
     host
-        Listener URL, repeatable: tcp://HOST:PORT, unix:///PATH or ws://HOST:PORT[/PATH].
+        Listener URL, repeatable: tcp://HOST:PORT, unix:///PATH, ws://HOST:PORT[/PATH],
+        and over TLS (with --tls-cert) tls://HOST:PORT or wss://HOST:PORT[/PATH].
         Default: unix:///tmp/periodic.sock and tcp://127.0.0.1:5000.
     """
     return run(host, options)

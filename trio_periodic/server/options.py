@@ -54,7 +54,8 @@ class ServerOptions:
     """Log level: DEBUG, INFO, WARNING or ERROR."""
 
     http: Annotated[str, Parameter(name="--http", env_var="PERIODIC_HTTP")] = DEFAULT_HTTP
-    """HTTP API address HOST:PORT (curl interface, /metrics, /dashboard), or "off"."""
+    """HTTP API address HOST:PORT (curl interface, /metrics, /dashboard), https://HOST:PORT
+    for the same over TLS (needs --tls-cert), or "off"."""
 
     max_frame_size: Annotated[int, Parameter(name="--max-frame-size")] = DEFAULT_MAX_FRAME_SIZE
     """Largest frame accepted, in bytes; a longer length field closes that connection."""
@@ -77,6 +78,16 @@ class ServerOptions:
     drain_timeout: Annotated[float, Parameter(name="--drain-timeout")] = DEFAULT_DRAIN_TIMEOUT
     """On SIGTERM/SIGINT/SHUTDOWN, seconds running jobs may still report before they are
     handed back (a second signal skips the wait)."""
+
+    tls_cert: Annotated[str | None, Parameter(name="--tls-cert")] = None
+    """PEM certificate chain for the tls://, wss:// and https:// listeners (the key may
+    be in the same file)."""
+
+    tls_key: Annotated[str | None, Parameter(name="--tls-key")] = None
+    """PEM private key of --tls-cert, when it is in a file of its own."""
+
+    tls_client_ca: Annotated[str | None, Parameter(name="--tls-client-ca")] = None
+    """PEM CA certificates: TLS listeners then require client certificates signed by them."""
 
     @property
     def http_address(self) -> str | None:

@@ -1,9 +1,12 @@
-"""Listener URLs → bound listeners (``tcp://``, ``unix://``, ``ws://``).
+"""Listener URLs → bound listeners (``tcp://``, ``unix://``, ``tls://``).
 
 URL syntax follows the reference (PROTOCOL.md §1): ``tcp://HOST:PORT`` with an
-empty host meaning every interface, ``unix:///path``, and any other
-``scheme://rest`` taken as a Unix socket path.  ``ws://HOST:PORT[/PATH]``
-serves WebSocket clients.
+empty host meaning every interface, and ``unix:///path``; unlike the
+reference, an unknown scheme is an error rather than a Unix socket path (see
+:mod:`.urls`).  ``ws://HOST:PORT[/PATH]`` and ``wss://…`` serve WebSocket
+clients: trio_websocket binds ``ws://`` itself; for ``wss://`` the server
+handshakes TLS first (see :mod:`.tls`) and then runs the WebSocket over the
+decrypted stream with :func:`serve_websocket_stream`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdlib_socket
+import ssl
 import stat
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
+from trio_websocket import WebSocketRequest, wrap_server_stream
 
+from trio_periodic.transport.tls import TlsError, server_context
 from trio_periodic.transport.urls import PeriodicURL, URLError, parse_url
 
 
@@ -33,11 +40,75 @@ def parse_listen_url(url: str) -> ListenURL:
         raise ListenError(str(exc)) from None
 
 
+def parse_http_address(address: str) -> tuple[ListenURL, bool]:
+    """``[http://]HOST:PORT`` or ``https://HOST:PORT`` → (TCP URL, whether TLS)."""
+    scheme, sep, rest = address.rpartition("://")
+    if sep and scheme not in ("http", "https"):
+        raise ListenError(
+            f"unknown scheme {scheme!r} in HTTP address {address!r} (expected "
+            "HOST:PORT, http:// or https://)"
+        )
+    url = parse_listen_url(f"tcp://{rest}")
+    return url, scheme == "https"
+
+
+def tls_context(
+    secure: Sequence[str], cert: str | None, key: str | None, client_ca: str | None
+) -> ssl.SSLContext | None:
+    """The one context for the TLS listeners named in ``secure``; None when
+    there are none.  :class:`ListenError` when they have no usable certificate."""
+    if not secure:
+        return None
+    if cert is None:
+        raise ListenError(
+            f"{secure[0]} needs a certificate: give --tls-cert FILE and --tls-key FILE"
+        )
+    try:
+        return server_context(cert, key, client_ca)
+    except TlsError as exc:
+        raise ListenError(str(exc)) from None
+
+
 async def open_tcp(url: ListenURL) -> list[trio.SocketListener]:
     try:
         return await trio.open_tcp_listeners(url.port, host=url.host or None)
     except OSError as exc:
         raise ListenError(f"cannot listen on {url}: {exc.strerror or exc}") from exc
+
+
+#: Seconds a WebSocket client has to send its upgrade request (trio_websocket's default).
+WEBSOCKET_CONNECT_TIMEOUT = 60.0
+
+
+async def serve_websocket_stream(
+    handler: Callable[[WebSocketRequest], Awaitable[None]],
+    stream: trio.abc.Stream,
+    *,
+    max_message_size: int,
+    connect_timeout: float = WEBSOCKET_CONNECT_TIMEOUT,
+) -> None:
+    """Serve one WebSocket client over an accepted ``stream``: wait for its
+    upgrade request, then run ``handler`` (which accepts and closes it).
+
+    This is what trio_websocket's server does per connection; ``wss://``
+    needs it separately because its TLS handshake runs first, in our own
+    code: trio_websocket, given the TLS context, keeps a socket whose
+    handshake failed open for the whole connect timeout, silently.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            request: WebSocketRequest | None = None
+            with trio.move_on_after(connect_timeout):
+                request = await wrap_server_stream(
+                    nursery, stream, max_message_size=max_message_size
+                )
+            if request is not None:
+                await handler(request)
+            # The reader task ends when the handler closes the WebSocket;
+            # without a request (or if the handler left it open) stop it here.
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def open_unix(url: ListenURL) -> trio.SocketListener:

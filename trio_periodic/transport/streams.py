@@ -15,6 +15,8 @@ from typing import Protocol
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from trio_periodic.transport.tls import describe
+
 RECEIVE_SIZE = 256 * 1024
 
 
@@ -37,14 +39,17 @@ class FrameStream(Protocol):
 
 
 class ByteFrameStream:
-    """TCP and Unix sockets: frames are concatenated into one write."""
+    """TCP and Unix sockets, plain or under TLS: frames are concatenated into one write."""
 
     def __init__(self, stream: trio.abc.Stream, peer: str, initial: bytes = b"") -> None:
         self._stream = stream
         self.peer = peer
         self._initial = initial
-        sock = getattr(stream, "socket", None)
-        self._fd: int = sock.fileno() if sock is not None else -1
+        # The try_send fast path writes to the socket directly, so only for a
+        # bare socket: under TLS the bytes must go through the SSL object
+        # (writing plaintext to the socket would break the session), and
+        # try_send returning 0 leaves every write to send().
+        self._fd: int = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
     async def receive_some(self) -> bytes:
         if self._initial:
@@ -53,14 +58,16 @@ class ByteFrameStream:
         try:
             return bytes(await self._stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+            # describe(): under TLS the reason (say, a refused client
+            # certificate) is the ssl error trio wrapped.
+            raise ConnectionLost(describe(exc)) from exc
 
     async def send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+            raise ConnectionLost(describe(exc)) from exc
 
     def try_send(self, data: bytes) -> int:
         # The socket is non-blocking (trio made it so): write(2) takes what

@@ -1,10 +1,15 @@
 """Periodic URLs, shared by the listeners and the client (no I/O here).
 
 Syntax (PROTOCOL.md §1): ``tcp://HOST:PORT`` (``tcp://:PORT`` = no host given,
-``tcp://[::1]:PORT`` for IPv6), ``unix:///path`` (and, as in the reference,
-any other ``scheme://rest`` is a Unix socket path), ``ws://HOST:PORT[/PATH]``
-for WebSocket, and - where the caller allows it, as aio-periodic does - a bare
+``tcp://[::1]:PORT`` for IPv6), ``unix:///path``, ``ws://HOST:PORT[/PATH]``
+for WebSocket, ``tls://HOST:PORT`` and ``wss://HOST:PORT[/PATH]`` for the same
+two over TLS, and - where the caller allows it, as aio-periodic does - a bare
 ``HOST:PORT`` meaning TCP.
+
+The reference took any other ``scheme://rest`` as a Unix socket path, so a
+typo such as ``tsl://host:5000`` silently made a socket file named
+``host:5000``.  Here an unknown scheme is an error: with TLS in the list, a
+misspelt scheme must never quietly fall back to something unencrypted.
 """
 
 from __future__ import annotations
@@ -16,9 +21,17 @@ class URLError(ValueError):
     """The string does not name a Periodic endpoint; the message says why."""
 
 
+#: Schemes spelt HOST:PORT; the WebSocket ones may add a path.
+HOST_PORT_SCHEMES = ("tcp", "ws", "tls", "wss")
+WEBSOCKET = ("ws", "wss")
+#: Schemes whose connections are encrypted.
+TLS_SCHEMES = ("tls", "wss")
+_EXPECTED = "expected tcp://, unix://, ws://, tls:// or wss://"
+
+
 @dataclass(frozen=True, slots=True)
 class PeriodicURL:
-    scheme: str  # "tcp", "unix" or "ws"
+    scheme: str  # "tcp", "unix", "ws", "tls" or "wss"
     host: str = ""
     port: int = 0
     path: str = ""
@@ -27,7 +40,7 @@ class PeriodicURL:
         if self.scheme == "unix":
             return f"unix://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        suffix = self.path if self.scheme == "ws" and self.path not in ("", "/") else ""
+        suffix = self.path if self.scheme in WEBSOCKET and self.path not in ("", "/") else ""
         return f"{self.scheme}://{host}:{self.port}{suffix}"
 
 
@@ -36,14 +49,16 @@ def parse_url(url: str, *, bare: bool = False, min_port: int = 1) -> PeriodicURL
     for listeners (port 0 asks the OS for a free one)."""
     if "://" not in url:
         if not bare:
-            raise URLError(f"not a Periodic URL (expected tcp://, unix:// or ws://): {url!r}")
+            raise URLError(f"not a Periodic URL ({_EXPECTED}): {url!r}")
         host, port = _host_port(url, url, min_port)
         return PeriodicURL("tcp", host, port)
     scheme, rest = url.split("://", 1)
-    if scheme in ("tcp", "ws"):
+    if scheme in HOST_PORT_SCHEMES:
         hostport, _, path = rest.partition("/")
         host, port = _host_port(hostport, url, min_port)
-        return PeriodicURL(scheme, host, port, "/" + path if scheme == "ws" else "")
+        return PeriodicURL(scheme, host, port, "/" + path if scheme in WEBSOCKET else "")
+    if scheme != "unix":
+        raise URLError(f"unknown scheme {scheme!r} in {url!r} ({_EXPECTED})")
     if not rest:
         raise URLError(f"empty socket path in {url!r}")
     return PeriodicURL("unix", path=rest)
