@@ -36,9 +36,7 @@ async def guarded(tmp_path: Path) -> AsyncIterator[tuple[Server, int, int]]:
     """A server with an auth file: (server, protocol port, --http port)."""
     rules = tmp_path / "auth.txt"
     rules.write_text(RULES)
-    srv = Server(
-        MemoryStore(), ["tcp://127.0.0.1:0"], http="127.0.0.1:0", auth_file=str(rules)
-    )
+    srv = Server(MemoryStore(), ["tcp://127.0.0.1:0"], http="127.0.0.1:0", auth_file=str(rules))
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(srv.run)
         ports = [int(url.rsplit(":", 1)[1]) for url in bound]

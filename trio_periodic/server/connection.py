@@ -122,9 +122,14 @@ class ServerSideConnection:
         # Read batches whose replies wait for their commit, in order.
         self._acks_send, self._acks_recv = trio.open_memory_channel[_PendingAcks](64)
         self._acked = trio.Event()
+        self._ack_started = False
+        self._nursery: trio.Nursery
         #: trio time of the last bytes received, and the scope of the idle wait.
         self._last_rx = trio.current_time()
         self._idle: trio.CancelScope | None = None
+        #: While over the outbox limit: the wait for room, and since when (trio time).
+        self._stall: trio.CancelScope | None = None
+        self._stalled_since = 0.0
         #: Frames queued / sent so far, and an event set after each write.
         self._pushed = 0
         #: True while the writer task is in the middle of a send.
@@ -182,9 +187,11 @@ class ServerSideConnection:
             conn._set_idle_deadline()
 
     def _set_idle_deadline(self) -> None:
+        keepalive = self.core.config["keepalive"]
         if self._idle is not None:
-            keepalive = self.core.config["keepalive"]
             self._idle.deadline = self._last_rx + keepalive if keepalive else math.inf
+        if self._stall is not None:
+            self._stall.deadline = self._stalled_since + (keepalive or STALL_LIMIT)
 
     # ------------------------------------------------------------- life
 
@@ -198,8 +205,8 @@ class ServerSideConnection:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._write_loop)
-                    nursery.start_soon(self._ack_loop)
                     try:
                         await self._read_loop()
                     except RemoteProtocolError as exc:
@@ -207,8 +214,9 @@ class ServerSideConnection:
                     # Commit what was applied, then let the writer send the replies
                     # (to the good frames before a bad one, too) before closing.
                     await self._acks_send.aclose()
-                    with trio.move_on_after(10):
-                        await self._acked.wait()
+                    if self._ack_started:
+                        with trio.move_on_after(10):
+                            await self._acked.wait()
                     with trio.move_on_after(1):
                         await self._flushed()
                     nursery.cancel_scope.cancel()
@@ -310,16 +318,20 @@ class ServerSideConnection:
                 return
 
     async def _wait_for_room(self) -> None:
-        """Read no further until the peer has taken enough of its replies."""
-        patience = self.core.config["keepalive"] or STALL_LIMIT
-        with trio.move_on_after(patience):
+        """Read no further until the peer has taken enough of its replies; a
+        peer stalled for its keepalive (re-timed by CONFIG_SET) is closed."""
+        self._stalled_since = trio.current_time()
+        with trio.CancelScope() as stall:
+            self._stall = stall
+            self._set_idle_deadline()
             while self.backlog > self._max_outbox:
                 await self._sent_event.wait()
-            return
-        raise ConnectionLost(
-            f"peer not reading: {self.backlog} bytes queued for {patience} s"
-            f" (limit {self._max_outbox})"
-        )
+        self._stall = None
+        if stall.cancelled_caught:
+            raise ConnectionLost(
+                f"peer not reading: {self.backlog} bytes queued for"
+                f" {trio.current_time() - self._stalled_since:.0f} s (limit {self._max_outbox})"
+            )
 
     # ----------------------------------------------------------- batches
 
@@ -383,6 +395,10 @@ class ServerSideConnection:
             # reading (and dispatching) goes on meanwhile.
             size = sum(len(frame) for _, frame in replies)
             self._ack_bytes += size
+            if not self._ack_started:
+                # Started on first use: an idle connection costs one task less.
+                self._ack_started = True
+                self._nursery.start_soon(self._ack_loop)
             await self._acks_send.send(_PendingAcks(changes, replies, effects, size))
         return rest
 

@@ -119,6 +119,26 @@ class HttpError(Exception):
         self.status = status
 
 
+def _raw_response(response: Response) -> bytes:
+    """A whole response that closes the connection, without h11's state machine."""
+    reason = _REASONS.get(response.status, "Error")
+    head = (
+        f"HTTP/1.1 {response.status} {reason}\r\n"
+        f"Content-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + response.body
+
+
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+}
+
+
 class _Refused(Exception):
     """A request refused before it was read whole: answer, then close."""
 
@@ -162,8 +182,8 @@ class HttpApi:
                 try:
                     request, body = await self._read_request(conn, stream)
                 except _Refused as exc:
-                    if conn.our_state is h11.SEND_RESPONSE:
-                        await self._send(conn, stream, exc.response)
+                    # Written raw: after a bad head h11 has no request to answer.
+                    await stream.send_all(_raw_response(exc.response))
                     return
                 if request is None:
                     return
