@@ -18,6 +18,14 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from trio_periodic.transport.tls import describe
 
 RECEIVE_SIZE = 256 * 1024
+#: A reader that finds data waiting every time yields to other tasks once
+#: per this many reads (fairness), and otherwise not at all.
+YIELD_EVERY = 16
+#: One receive buffer for every connection: a read copies out what it got
+#: before anything else can run, so sharing it is safe and costs no memory
+#: per connection.
+_RECEIVE_BUFFER = bytearray(RECEIVE_SIZE)
+_RECEIVE_VIEW = memoryview(_RECEIVE_BUFFER)
 
 
 class ConnectionLost(Exception):
@@ -39,7 +47,15 @@ class FrameStream(Protocol):
 
 
 class ByteFrameStream:
-    """TCP and Unix sockets, plain or under TLS: frames are concatenated into one write."""
+    """TCP and Unix sockets, plain or under TLS: frames are concatenated into one write.
+
+    On a bare socket, reads and eager writes call the non-blocking socket
+    directly and enter trio's scheduler only when they must wait
+    (``wait_readable``), or once every ``YIELD_EVERY`` reads for fairness.
+    trio's own ``receive_some`` yields twice per read that had to wait (the
+    wake-up, then a checkpoint after the read), which is a large share of a
+    small job's cost.  Cancellation is still honoured at every read.
+    """
 
     def __init__(self, stream: trio.abc.Stream, peer: str, initial: bytes = b"") -> None:
         self._stream = stream
@@ -50,17 +66,42 @@ class ByteFrameStream:
         # (writing plaintext to the socket would break the session), and
         # try_send returning 0 leaves every write to send().
         self._fd: int = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._reads = 0
 
     async def receive_some(self) -> bytes:
         if self._initial:
             data, self._initial = self._initial, b""
             return data
+        if self._fd >= 0:
+            return await self._receive_direct()
         try:
             return bytes(await self._stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             # describe(): under TLS the reason (say, a refused client
             # certificate) is the ssl error trio wrapped.
             raise ConnectionLost(describe(exc)) from exc
+
+    async def _receive_direct(self) -> bytes:
+        self._reads += 1
+        if self._reads % YIELD_EVERY:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await trio.lowlevel.checkpoint()
+        while True:
+            fd = self._fd
+            if fd < 0:
+                raise ConnectionLost("connection closed")
+            try:
+                n = os.readv(fd, [_RECEIVE_BUFFER])
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError as exc:
+                    raise ConnectionLost("connection closed") from exc
+                continue
+            except OSError as exc:
+                raise ConnectionLost(exc.strerror or type(exc).__name__) from exc
+            return bytes(_RECEIVE_VIEW[:n])
 
     async def send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
