@@ -308,10 +308,14 @@ class ServerSideConnection:
                     events.append(event)
             except RemoteProtocolError as exc:
                 error = exc
+            pushed, acks = self._pushed, self._ack_bytes
             while events:
                 events = await self._handle(events)
                 if self.backlog > self._max_outbox:
                     await self._wait_for_room()
+            if self._pushed == pushed and self._ack_bytes == acks:
+                # Nothing will answer this read (JOB_ASSIGNED alone): ACK it now.
+                self.stream.ack_now()
             if error is not None:
                 raise error
             if self.context.draining and not self.holds_jobs:
