@@ -97,13 +97,15 @@ def parser() -> argparse.ArgumentParser:
         "--slots",
         type=int,
         metavar="K",
-        help="GRAB_JOB msgids per Periodic worker connection (default 4)",
+        help="jobs in flight per worker connection in e2e, latency and lateness, the same for "
+        "every server: GRAB_JOB msgids / pipelined reserve / GRAB_JOB_UNIQ / BRPOP (default 1)",
     )
     ap.add_argument(
-        "--peer-slots",
+        "--wide-slots",
         type=int,
         metavar="K",
-        help="reserve / GRAB_JOB_UNIQ / BRPOP in flight per peer worker connection (default 1)",
+        help="jobs in flight per worker connection in e2e-4 (every server) and in scale "
+        "(default 4)",
     )
     ap.add_argument(
         "--out",
@@ -139,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         e2e_n=args.jobs,
         submit_procs=args.submit_procs,
         worker_procs=args.worker_procs,
-        slots_ours=args.slots,
-        slots_peer=args.peer_slots,
+        slots=args.slots,
+        slots_wide=args.wide_slots,
     )
     names = list(args.servers or DEFAULT_SERVERS)
     scenarios = list(args.only or SCENARIOS)

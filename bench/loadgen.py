@@ -424,10 +424,18 @@ class RoleError(RuntimeError):
     pass
 
 
-def run_roles(roles: list[Role], timeout: float) -> list[RoleResult]:
+def run_roles(
+    roles: list[Role],
+    timeout: float,
+    on_go: Callable[[], object] | None = None,
+    on_end: Callable[[], object] | None = None,
+) -> list[RoleResult]:
     """Start every role in its own process, release them together, collect their results.
 
-    Children are stopped by PID if they are still alive when this returns."""
+    ``on_go`` is called just before the roles are released and ``on_end`` as soon as the last
+    result is in, so that the caller can sample the server over the measured window only
+    (not the processes' start-up and preparation).  Children are stopped by PID if they are
+    still alive when this returns."""
     ctx = _context()
     ready, results = ctx.Queue(), ctx.Queue()
     sync = Sync(ready=ready, go=ctx.Event(), done=ctx.RawArray("q", len(roles)))
@@ -451,6 +459,8 @@ def run_roles(roles: list[Role], timeout: float) -> list[RoleResult]:
                         raise RoleError(value) from None
                 if time.monotonic() > end:
                     raise RoleError("generator processes did not get ready in time") from None
+        if on_go is not None:
+            on_go()
         sync.go.set()
         while len(out) < len(procs):
             remaining = end - time.monotonic()
@@ -465,6 +475,8 @@ def run_roles(roles: list[Role], timeout: float) -> list[RoleResult]:
             if status == "error":
                 raise RoleError(value)
             out.append(value)
+        if on_end is not None:
+            on_end()
         return out
     finally:
         for p in procs:

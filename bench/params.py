@@ -20,8 +20,10 @@ class Params:
     e2e_s: float = 20.0
     workers: int = 4  # worker connections
     worker_procs: int = 2  # generator processes sharing those connections
-    slots_ours: int = 4  # GRAB_JOB msgids per Periodic worker connection
-    slots_peer: int = 1  # reserve / GRAB_JOB / BRPOP in flight per peer worker connection
+    # jobs in flight per worker connection, the same for every server: GRAB_JOB msgids
+    # (Periodic), pipelined reserve (beanstalkd), GRAB_JOB_UNIQ (gearmand), BRPOP (redis)
+    slots: int = 1  # e2e, latency, lateness
+    slots_wide: int = 4  # e2e-4, and scale (periodicd only)
     latency_rate: float = 1000.0  # jobs/s
     latency_s: float = 6.0
     lateness_n: int = 10_000

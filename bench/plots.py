@@ -18,7 +18,8 @@ COLORS = {
 THROUGHPUT = (
     ("submit-pipelined", "submit, pipelined"),
     ("submit-sync", "submit, one at a time"),
-    ("e2e", "end to end"),
+    ("e2e", "end to end, 1 in flight per conn."),
+    ("e2e-4", "end to end, 4 in flight per conn."),
 )
 
 

@@ -157,3 +157,34 @@ def redis_save(port: int) -> None:
         line = recv_until(sock, b"\r\n", bytearray())
         if line != b"+OK":
             raise ConnectionError(f"redis SAVE said {line!r}")
+
+
+def jobs_in_flight(kind: str, port: int, func: bytes, slots: int, settle: float = 0.5) -> int:
+    """How many jobs one worker connection receives when it sends ``slots`` grab / reserve /
+    BRPOP requests at once and answers none of them, with more jobs than that queued.
+
+    It checks that the server really lets that many jobs be in flight on one connection
+    (pipelined requests are not all served after one another's answer).  Call it on a server
+    that already holds at least ``slots + 1`` jobs of ``func``."""
+    from bench.loadgen import adapter_for
+
+    worker = adapter_for(kind).worker(func, slots)
+    with connect(HOST, port, 5.0) as sock:
+        worker.handshake(sock)
+        sock.sendall(worker.start())
+        buf = bytearray()
+        got = 0
+        end = time.monotonic() + settle
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(1 << 16)
+            except TimeoutError:
+                break
+            if not chunk:
+                raise ConnectionError(f"{kind} closed the worker connection")
+            buf += chunk
+            names, _answers, used = worker.feed(buf, complete=False)  # answers are not sent
+            del buf[:used]
+            got += len(names)
+    return got

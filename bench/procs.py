@@ -108,6 +108,41 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+@dataclass(frozen=True)
+class CpuSample:
+    """The CPU a process tree has used so far, two ways.
+
+    ``ticks_s``: utime + stime from /proc/PID/stat, in clock ticks (10 ms), including threads
+    that have exited.  ``tasks``: nanoseconds on CPU of every live thread
+    (/proc/PID/task/TID/schedstat), {(pid, tid): ns}; empty where the kernel lacks it."""
+
+    ticks_s: float
+    tasks: dict[tuple[int, int], int]
+
+
+def cpu_sample(pid: int) -> CpuSample:
+    tasks: dict[tuple[int, int], int] = {}
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    text = Path(f"/proc/{p}/task/{tid}/schedstat").read_text()
+                    tasks[(p, int(tid))] = int(text.split()[0])
+    return CpuSample(cpu_seconds(pid), tasks)
+
+
+def cpu_used(before: CpuSample, after: CpuSample) -> float:
+    """CPU seconds the process tree used between two samples.
+
+    Per-thread nanoseconds when every thread of ``before`` is still there in ``after`` (a
+    thread started in between counts from zero); otherwise a thread's time since ``before``
+    would be lost, so the clock-tick totals are used."""
+    if before.tasks and after.tasks and before.tasks.keys() <= after.tasks.keys():
+        ns = sum(v - before.tasks.get(k, 0) for k, v in after.tasks.items())
+        return max(ns, 0) / 1e9
+    return max(after.ticks_s - before.ticks_s, 0.0)
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
     end = time.monotonic() + timeout
     while True:

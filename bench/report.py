@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import find_binary
-from bench.runner import RawResults
-from bench.scenarios import SCENARIOS, describe
+from bench.runner import Cell, RawResults
+from bench.scenarios import E2E_SHAPES, SCENARIOS, describe
 from bench.servers import OURS, PEERS
 from bench.stats import percentile, ratio, summarize
 
-# issue 5's targets: (label, scenario, server, metric, comparison, bound or (peer, factor))
+# (label, scenario, server, metric, comparison, bound or (peer, factor)).  The e2e ratios
+# compare runs of the same shape: the same jobs, connections and jobs in flight per connection.
 TARGETS: list[tuple[str, str, str, str, str, Any]] = [
     (
-        "end to end ≥ 1.0× gearmand (memory)",
+        "one job in flight per connection: end to end ≥ 1.0× gearmand (memory)",
         "e2e",
         "periodic-memory",
         "jobs_per_s",
@@ -32,15 +33,7 @@ TARGETS: list[tuple[str, str, str, str, str, Any]] = [
         ("gearmand", 1.0),
     ),
     (
-        "end to end ≥ 0.8× beanstalkd (memory)",
-        "e2e",
-        "periodic-memory",
-        "jobs_per_s",
-        "ratio",
-        ("beanstalkd", 0.8),
-    ),
-    (
-        "end to end ≥ 0.6× gearmand (SQLite)",
+        "one job in flight per connection: end to end ≥ 0.6× gearmand (SQLite)",
         "e2e",
         "periodic-sqlite",
         "jobs_per_s",
@@ -48,24 +41,13 @@ TARGETS: list[tuple[str, str, str, str, str, Any]] = [
         ("gearmand", 0.6),
     ),
     (
-        "pipelined submit ≥ 150,000 jobs/s (memory)",
-        "submit-pipelined",
+        "four jobs in flight per connection: end to end ≥ 1.0× gearmand (memory)",
+        "e2e-4",
         "periodic-memory",
         "jobs_per_s",
-        ">=",
-        150_000,
+        "ratio",
+        ("gearmand", 1.0),
     ),
-    (
-        "pipelined submit ≥ 50,000 jobs/s (SQLite)",
-        "submit-pipelined",
-        "periodic-sqlite",
-        "jobs_per_s",
-        ">=",
-        50_000,
-    ),
-    ("dispatch latency p50 ≤ 150 µs (memory)", "latency", "periodic-memory", "p50_us", "<=", 150),
-    ("dispatch latency p99 ≤ 1 ms (memory)", "latency", "periodic-memory", "p99_us", "<=", 1000),
-    ("due-time lateness p99 ≤ 5 ms (memory)", "lateness", "periodic-memory", "p99_ms", "<=", 5),
     (
         "≤ 250 bytes of RSS per pending job (memory)",
         "memory",
@@ -74,17 +56,13 @@ TARGETS: list[tuple[str, str, str, str, str, Any]] = [
         "<=",
         250,
     ),
-    (
-        "restart with the jobs stored ≤ 10 s (SQLite)",
-        "restart",
-        "periodic-sqlite",
-        "serve_s",
-        "<=",
-        10,
-    ),
+    ("dispatch latency p99 ≤ 1 ms (memory)", "latency", "periodic-memory", "p99_us", "<=", 1000),
     # no numeric target: the ratio two servers / one server, shown as measured
     ("scale: 2 servers vs 1 on PostgreSQL", "scale", "periodic-pg", "ratio", "measured", None),
 ]
+# the like-for-like table's reference peers
+LIKE_PEERS = ("gearmand", "beanstalkd")
+LIKE_METRICS = ("jobs_per_s", "cpu_us_per_job")
 
 BUSY = 0.85  # generator CPU/wall above which a figure is flagged
 LAT_POINTS = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
@@ -177,6 +155,9 @@ def build_summary(raw: RawResults, argv: list[str], periodicd: list[str]) -> dic
                 entry["generator"] = [r["gen"] for r in runs]
                 srv = [r["server_util"] for r in runs if not math.isnan(r["server_util"])]
                 entry["server_util_median"] = statistics.median(srv) if srv else None
+                shapes = [r.get("shape") or {} for r in runs]
+                if any(shapes):
+                    entry["shape"] = shapes[0] if all(x == shapes[0] for x in shapes) else None
             res[server] = entry
             for key in ("latency_us", "lateness_ms"):
                 pooled = sorted(x for o in cell.runs for x in o.samples.get(key, []))
@@ -190,8 +171,21 @@ def build_summary(raw: RawResults, argv: list[str], periodicd: list[str]) -> dic
         if dist:
             out["distributions"][sc] = dist
     out["ratios"] = _ratios(raw)
+    out["like_for_like"] = like_for_like(raw)
     out["targets"] = _targets(out)
     return out
+
+
+def run_ratios(a: Cell, b: Cell, metric: str) -> dict[str, Any] | None:
+    """``metric`` of a / of b, per run (run k of a with run k of b: same run, same machine),
+    summarized; None when no pair of runs had the same shape and both figures."""
+    per_run = [
+        ratio(x.metrics[metric], y.metrics[metric])
+        for x, y in zip(a.runs, b.runs, strict=False)
+        if x.shape == y.shape and metric in x.metrics and metric in y.metrics
+    ]
+    per_run = [r for r in per_run if not math.isnan(r)]
+    return summarize(per_run) if per_run else None
 
 
 def _ratios(raw: RawResults) -> dict[str, Any]:
@@ -202,18 +196,39 @@ def _ratios(raw: RawResults) -> dict[str, Any]:
             for ours in OURS:
                 for peer in PEERS:
                     a, b = cells.get(ours), cells.get(peer)
-                    if not a or not b or not a.runs or not b.runs:
+                    if not a or not b:
                         continue
-                    per_run = [
-                        ratio(x.metrics[metric], y.metrics[metric])
-                        for x, y in zip(a.runs, b.runs, strict=False)
-                    ]
-                    per_run = [r for r in per_run if not math.isnan(r)]
-                    if per_run:
-                        ratios.setdefault(sc, {}).setdefault(metric, {})[f"{ours}/{peer}"] = (
-                            summarize(per_run)
-                        )
+                    r = run_ratios(a, b, metric)
+                    if r is not None:
+                        ratios.setdefault(sc, {}).setdefault(metric, {})[f"{ours}/{peer}"] = r
     return ratios
+
+
+def like_for_like(raw: RawResults) -> list[dict[str, Any]]:
+    """One row per (end-to-end shape, server that ran it): jobs/s and server CPU µs per job
+    (medians over runs), and each figure divided by gearmand's and beanstalkd's from runs of
+    the same shape."""
+    rows: list[dict[str, Any]] = []
+    for sc in E2E_SHAPES:
+        cells = raw.cells.get(sc, {})
+        for server, cell in cells.items():
+            if not cell.runs:
+                continue
+            row: dict[str, Any] = {
+                "scenario": sc,
+                "server": server,
+                "shape": cell.runs[0].shape,
+                "vs": {},
+            }
+            for metric in LIKE_METRICS:
+                row[metric] = summarize([o.metrics.get(metric, math.nan) for o in cell.runs])
+            for peer in LIKE_PEERS:
+                other = cells.get(peer)
+                if peer == server or other is None:
+                    continue
+                row["vs"][peer] = {m: run_ratios(cell, other, m) for m in LIKE_METRICS}
+            rows.append(row)
+    return rows
 
 
 def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -291,7 +306,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Our server: `{summary['periodicd']}`.",
         "",
         "Figures are medians over runs; ±x% is half the min–max range relative to the median. "
-        "Ratios are ours / peer computed within each run, then the median taken. "
+        "Ratios are ours / peer computed within each run, then the median taken, and only "
+        "between runs of the same shape (jobs, connections, jobs in flight per connection). "
         "*gen* = the busiest load-generator process's CPU time / wall time (1.0 = a saturated "
         "core; well below 1 means the generator was not the bottleneck); *srv* = server CPU / "
         "wall (all threads).",
@@ -306,7 +322,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["Skipped servers:", ""]
         lines += [f"- **{k}**: {v}" for k, v in summary["skipped_servers"].items()]
         lines.append("")
-    lines += _targets_md(summary) + _ratios_md(summary)
+    lines += _targets_md(summary) + _like_md(summary) + _ratios_md(summary)
     for sc, res in summary["results"].items():
         lines += _scenario_md(sc, res, summary)
     return "\n".join(lines) + "\n"
@@ -325,10 +341,50 @@ def duplicates(summary: dict[str, Any]) -> str:
 
 
 def _targets_md(summary: dict[str, Any]) -> list[str]:
-    out = ["## Targets (issue 5)", "", "| target | measured | status |", "|---|---:|---|"]
+    out = ["## Targets", "", "| target | measured | status |", "|---|---:|---|"]
     for row in summary["targets"]:
         unit = "×" if row["unit"] in ("× peer", "×") and fmt(row["value"]) != "–" else ""
         out.append(f"| {row['target']} | {fmt(row['value'])}{unit} | {row['status']} |")
+    return [*out, ""]
+
+
+def shape_label(shape: dict[str, int] | None) -> str:
+    if not shape:
+        return "?"
+    k = shape.get("in_flight", 0)
+    return f"{k} in flight × {shape.get('conns', 0)} conns, {shape.get('jobs', 0):,} jobs"
+
+
+def _like_md(summary: dict[str, Any]) -> list[str]:
+    rows = summary.get("like_for_like") or []
+    if not rows:
+        return []
+    vs = [p for p in LIKE_PEERS if any(p in r["vs"] or r["server"] == p for r in rows)]
+    out = [
+        "## Like for like: end to end, the same jobs in flight for every server",
+        "",
+        "In each shape every server gets the same load: the same jobs, worker connections and "
+        "jobs in flight per connection (Periodic GRAB_JOB msgids, beanstalkd pipelined "
+        "`reserve`, gearmand GRAB_JOB_UNIQ, redis pipelined BRPOP). *server CPU µs/job* = the "
+        "server's CPU time over the measured window (all threads) / jobs done. Each ratio "
+        "divides a figure by the peer's from the same run and shape (median over runs): "
+        "higher is better for jobs/s, lower is better for CPU/job.",
+        "",
+        "| server | shape | jobs/s | server CPU µs/job |"
+        + "".join(f" jobs/s ÷ {p} |" for p in vs)
+        + "".join(f" CPU/job ÷ {p} |" for p in vs),
+        "|---|---|---:|---:|" + "---:|" * (2 * len(vs)),
+    ]
+    for row in rows:
+        cells = [
+            fmt(row["jobs_per_s"]["median"], "jobs/s") + _spread(row["jobs_per_s"]),
+            fmt(row["cpu_us_per_job"]["median"]) + _spread(row["cpu_us_per_job"]),
+        ]
+        for metric in LIKE_METRICS:
+            for peer in vs:
+                r = (row["vs"].get(peer) or {}).get(metric)
+                cells.append(f"{r['median']:.2f}×" if r else "–")
+        out.append(f"| {row['server']} | {shape_label(row['shape'])} | " + " | ".join(cells) + " |")
     return [*out, ""]
 
 
@@ -431,5 +487,5 @@ def write(summary: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
 
 
 def markdown_targets_text(summary: dict[str, Any]) -> str:
-    """The targets and ratios tables, for the console at the end of a run."""
-    return "\n".join(_targets_md(summary) + _ratios_md(summary))
+    """The targets, like-for-like and ratios tables, for the console at the end of a run."""
+    return "\n".join(_targets_md(summary) + _like_md(summary) + _ratios_md(summary))

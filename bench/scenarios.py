@@ -24,7 +24,16 @@ from bench.loadgen import (
 )
 from bench.params import Params
 from bench.pg import Databases
-from bench.procs import HOST, Server, cpu_seconds, rss_bytes, running
+from bench.procs import (
+    HOST,
+    CpuSample,
+    Server,
+    cpu_sample,
+    cpu_seconds,
+    cpu_used,
+    rss_bytes,
+    running,
+)
 from bench.servers import ServerSpec
 from bench.stats import percentile
 
@@ -38,6 +47,9 @@ class Outcome:
     server_util: float = float("nan")
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # what the load was, where servers are compared: {"jobs", "conns", "in_flight"}; a ratio
+    # is only taken between two runs with the same shape
+    shape: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,17 +82,25 @@ def _gen(results: list[RoleResult]) -> list[dict[str, float | str]]:
     ]
 
 
-def _measure(server: Server, roles: list[Role], timeout: float) -> tuple[list[RoleResult], float]:
-    """Run the roles; return their results and the server's CPU use per wall second."""
-    c0 = cpu_seconds(server.pid)
-    results = run_roles(roles, timeout)
-    c1 = cpu_seconds(server.pid)
+def _measure(
+    server: Server, roles: list[Role], timeout: float
+) -> tuple[list[RoleResult], float, float]:
+    """Run the roles; return their results, the server's CPU use per wall second, and the
+    server's CPU seconds, both over the measured window (go to the last result)."""
+    samples: dict[str, CpuSample] = {}
+
+    def sample(key: str) -> None:
+        samples[key] = cpu_sample(server.pid)
+
+    results = run_roles(roles, timeout, on_go=lambda: sample("go"), on_end=lambda: sample("end"))
+    cpu = cpu_used(samples["go"], samples["end"])
     span = max(float(r.extra.get("cpu_wall", r.wall)) for r in results)
-    return results, (c1 - c0) / max(span, 1e-9)
+    return results, cpu / max(span, 1e-9), cpu
 
 
-def _slots(spec: ServerSpec, p: Params) -> int:
-    return p.slots_ours if spec.ours else p.slots_peer
+def per_job_us(cpu_s: float, jobs: float) -> float:
+    """Server CPU microseconds per job done; nan when no job was done."""
+    return cpu_s / jobs * 1e6 if jobs > 0 else float("nan")
 
 
 # ------------------------------------------------------------------------------ submit
@@ -102,7 +122,7 @@ def submit_pipelined(spec: ServerSpec, server: Server, t: Target, p: Params, tag
         )
         for k in range(procs)
     ]
-    results, util = _measure(server, roles, p.submit_s + GRACE)
+    results, util, _ = _measure(server, roles, p.submit_s + GRACE)
     count = sum(r.count for r in results)
     errors = sum(r.errors for r in results)
     span = max(r.t_end for r in results) - min(r.t_start for r in results)
@@ -119,7 +139,7 @@ def submit_sync(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str
         role_submit,
         dict(target=t, func=tag.encode(), prefix="s", n=p.sync_n, window=1, deadline_s=p.sync_s),
     )
-    (r,), util = _measure(server, [role], p.sync_s + GRACE)
+    (r,), util, _ = _measure(server, [role], p.sync_s + GRACE)
     rate = r.count / r.wall
     return Outcome(
         {"jobs_per_s": rate, "rtt_us": 1e6 / rate if rate else float("nan"), "jobs": r.count},
@@ -131,7 +151,9 @@ def submit_sync(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str
 # ------------------------------------------------------------------------------ end to end
 
 
-def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+def _end_to_end(
+    spec: ServerSpec, server: Server, t: Target, p: Params, tag: str, slots: int
+) -> Outcome:
     func = tag.encode()
     procs = max(1, min(p.worker_procs, p.workers))
     split = [p.workers // procs + (1 if k < p.workers % procs else 0) for k in range(procs)]
@@ -148,7 +170,7 @@ def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str)
                 target=t,
                 func=func,
                 conns=c,
-                slots=_slots(spec, p),
+                slots=slots,
                 total=p.e2e_n,
                 deadline_s=p.e2e_s,
                 slot=k + 1,
@@ -157,15 +179,22 @@ def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str)
         )
         for k, c in enumerate(split)
     ]
-    results, util = _measure(server, roles, p.e2e_s + GRACE)
+    results, util, cpu = _measure(server, roles, p.e2e_s + GRACE)
     sub = next(r for r in results if r.role == "submit")
     workers = [r for r in results if r.role == "workers"]
     done = sum(r.count for r in workers)
     span = max(r.t_end for r in workers) - sub.t_start
     out = Outcome(
-        {"jobs_per_s": done / span if span > 0 else float("nan"), "jobs": done, "seconds": span},
+        {
+            "jobs_per_s": done / span if span > 0 else float("nan"),
+            "cpu_us_per_job": per_job_us(cpu, done),
+            "jobs": done,
+            "seconds": span,
+            "srv_cpu_s": cpu,
+        },
         _gen(results),
         util,
+        shape={"jobs": p.e2e_n, "conns": p.workers, "in_flight": slots},
     )
     if done < p.e2e_n:
         why = (
@@ -175,6 +204,16 @@ def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str)
         )
         out.notes.append(f"only {done} of {p.e2e_n} jobs done ({why})")
     return out
+
+
+def end_to_end(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    """``p.slots`` jobs in flight per worker connection (1 by default), every server."""
+    return _end_to_end(spec, server, t, p, tag, p.slots)
+
+
+def end_to_end_wide(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    """``p.slots_wide`` jobs in flight per worker connection (4 by default), every server."""
+    return _end_to_end(spec, server, t, p, tag, p.slots_wide)
 
 
 # ------------------------------------------------------------------------------ latency
@@ -190,12 +229,12 @@ def dispatch_latency(spec: ServerSpec, server: Server, t: Target, p: Params, tag
             prefix="l",
             n=n,
             conns=p.workers,
-            slots=_slots(spec, p),
+            slots=p.slots,
             deadline_s=p.latency_s + p.slack_s,
             rate=p.latency_rate,
         ),
     )
-    (r,), util = _measure(server, [role], p.latency_s + p.slack_s + GRACE)
+    (r,), util, _ = _measure(server, [role], p.latency_s + p.slack_s + GRACE)
     sent, recv = r.extra["sent_ns"], r.extra["recv_ns"]
     lat = sorted((b - a) / 1000.0 for a, b in zip(sent, recv, strict=True) if a and b)
     lost = r.extra["sent"] - len(lat)
@@ -212,6 +251,7 @@ def dispatch_latency(spec: ServerSpec, server: Server, t: Target, p: Params, tag
         _gen([r]),
         util,
         samples={"latency_us": lat},
+        shape={"jobs": n, "conns": p.workers, "in_flight": p.slots},
     )
     if lost:
         out.notes.append(f"{lost} jobs not dispatched within the deadline")
@@ -238,13 +278,13 @@ def due_lateness(spec: ServerSpec, server: Server, t: Target, p: Params, tag: st
             prefix="d",
             n=n,
             conns=p.workers,
-            slots=_slots(spec, p),
+            slots=p.slots,
             deadline_s=deadline,
             dues=dues,
             start_at=base + 0.002,
         ),
     )
-    (r,), util = _measure(server, [role], deadline + GRACE)
+    (r,), util, _ = _measure(server, [role], deadline + GRACE)
     sent, acks, recv = r.extra["sent_ns"], r.extra["ack_ns"], r.extra["recv_ns"]
     late: list[float] = []
     per_group: dict[int, list[float]] = {}
@@ -274,6 +314,7 @@ def due_lateness(spec: ServerSpec, server: Server, t: Target, p: Params, tag: st
         _gen([r]),
         util,
         samples={"lateness_ms": late},
+        shape={"jobs": n, "conns": p.workers, "in_flight": p.slots},
     )
     if n - len(late):
         out.notes.append(f"{n - len(late)} jobs never assigned")
@@ -290,7 +331,7 @@ def _fill(
         role_submit,
         dict(target=t, func=func, prefix="m", n=n, window=window, deadline_s=seconds, chunk=500),
     )
-    (r,), _ = _measure(server, [role], seconds + GRACE + n / 20_000)
+    (r,), _, _ = _measure(server, [role], seconds + GRACE + n / 20_000)
     return r
 
 
@@ -429,7 +470,7 @@ def _scale_half(
                             target=target,
                             func=func,
                             conns=c,
-                            slots=_slots(spec, p),
+                            slots=p.slots_wide,
                             total=n,
                             deadline_s=p.scale_s,
                             slot=len(roles),
@@ -551,6 +592,14 @@ def _m(key: str, label: str, unit: str, higher: bool) -> Metric:
     return Metric(key, label, unit, higher)
 
 
+E2E_METRICS = (
+    _m("jobs_per_s", "throughput", "jobs/s", True),
+    _m("cpu_us_per_job", "server CPU/job", "µs", False),
+    _m("seconds", "time", "s", False),
+)
+# the end-to-end scenarios: one per shape (jobs in flight per worker connection)
+E2E_SHAPES = ("e2e", "e2e-4")
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -575,10 +624,18 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "e2e",
-            "End to end (first submit to last done)",
-            (_m("jobs_per_s", "throughput", "jobs/s", True), _m("seconds", "time", "s", False)),
-            ("jobs_per_s",),
+            "End to end (first submit to last done), one job in flight per worker connection",
+            E2E_METRICS,
+            ("jobs_per_s", "cpu_us_per_job"),
             end_to_end,
+            _always,
+        ),
+        Scenario(
+            "e2e-4",
+            "End to end (first submit to last done), four jobs in flight per worker connection",
+            E2E_METRICS,
+            ("jobs_per_s", "cpu_us_per_job"),
+            end_to_end_wide,
             _always,
         ),
         Scenario(
@@ -656,19 +713,34 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+def _in_flight(k: int) -> str:
+    return f"{k} job{'s' if k != 1 else ''} in flight"
+
+
+def _describe_e2e(p: Params, slots: int) -> str:
+    return (
+        f"{p.e2e_n:,} jobs, {p.workers} worker connections in {p.worker_procs} generator "
+        f"processes, {_in_flight(slots)} per connection for every server (Periodic "
+        f"{slots} GRAB_JOB msgid{'s' if slots != 1 else ''}, beanstalkd {slots} pipelined "
+        f"reserve, gearmand {slots} GRAB_JOB_UNIQ, redis {slots} pipelined BRPOP), submitter "
+        f"window {p.window}. *server CPU/job* = the server's CPU time (all threads, from go to "
+        "the last result) / jobs done"
+    )
+
+
 def describe(p: Params) -> dict[str, Any]:
     """What each scenario did, for the report."""
     return {
         "submit-pipelined": f"{p.submit_n:,} SUBMIT_JOB / put / SUBMIT_JOB_BG / LPUSH, "
         f"window {p.window}, ≤{p.submit_s:g}s, one connection",
         "submit-sync": f"{p.sync_n:,} submits one at a time (≤{p.sync_s:g}s), one connection",
-        "e2e": f"{p.e2e_n:,} jobs, {p.workers} worker connections in {p.worker_procs} generator "
-        f"processes (Periodic {p.slots_ours} GRAB_JOB slots each, peers {p.slots_peer} job in "
-        f"flight each), submitter window {p.window}",
-        "latency": f"{p.latency_rate:g} jobs/s for {p.latency_s:g}s, {p.workers} idle workers; "
-        "submit sent → assignment received",
+        "e2e": _describe_e2e(p, p.slots),
+        "e2e-4": _describe_e2e(p, p.slots_wide),
+        "latency": f"{p.latency_rate:g} jobs/s for {p.latency_s:g}s, {p.workers} idle workers "
+        f"({_in_flight(p.slots)} each); submit sent → assignment received",
         "lateness": f"{p.lateness_n:,} jobs due at {p.lateness_spread} whole seconds "
-        f"({p.lateness_n // p.lateness_spread:,} per second), {p.workers} workers; "
+        f"({p.lateness_n // p.lateness_spread:,} per second), {p.workers} workers "
+        f"({_in_flight(p.slots)} each); "
         "assignment received − due time",
         "memory": f"RSS before and after {p.memory_n:,} pending jobs (≤{p.memory_s:g}s fill)",
         "restart": f"{p.restart_n:,} jobs stored, stop, start ×{p.restart_reps}: "
@@ -677,7 +749,7 @@ def describe(p: Params) -> dict[str, Any]:
         "PostgreSQL, then on TWO periodicd sharing one PostgreSQL database (cluster mode; "
         "the order alternates between runs), each half on a fresh database. Both halves use "
         f"2 submitters ({p.scale_n // 2:,} jobs each, window {p.window}) and {p.workers} "
-        f"worker connections in {p.worker_procs} processes ({p.slots_ours} GRAB_JOB slots "
+        f"worker connections in {p.worker_procs} processes ({p.slots_wide} GRAB_JOB slots "
         "each); with two servers submitters and worker connections are split evenly between "
         "them. Workers record every job name: *done twice* counts names received more than "
         "once (must be 0). *srv* sums the periodicd processes",

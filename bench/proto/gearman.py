@@ -79,13 +79,15 @@ class GearmanAdapter:
 
 
 class GearmanWorker:
-    """CAN_DO, then GRAB_JOB_UNIQ; NO_JOB → PRE_SLEEP, NOOP → grab again; each job is answered
-    WORK_COMPLETE + GRAB_JOB_UNIQ in one write.  ``slots`` grabs may be outstanding."""
+    """CAN_DO, then ``slots`` GRAB_JOB_UNIQ; NO_JOB → PRE_SLEEP once none is outstanding,
+    NOOP → grab again.  Each job is answered WORK_COMPLETE plus the grabs that bring the
+    outstanding count back to ``slots`` (the one just answered, and any that got NO_JOB
+    while the others were still getting jobs), all in one write."""
 
     def __init__(self, func: bytes, slots: int) -> None:
         self.func = func
         self.slots = slots
-        self.pending = 0
+        self.pending = 0  # GRAB_JOB_UNIQ sent and not yet answered
         self.sleeping = False
         self._grab = packet(GRAB_JOB_UNIQ)
         self._sleep = packet(PRE_SLEEP)
@@ -96,6 +98,11 @@ class GearmanWorker:
     def start(self) -> bytes:
         self.pending = self.slots
         return self._grab * self.slots
+
+    def _top_up(self) -> bytes:
+        missing = self.slots - self.pending
+        self.pending = self.slots
+        return self._grab * missing
 
     def feed(self, buf: bytearray, complete: bool = True) -> tuple[list[bytes], bytes, int]:
         names: list[bytes] = []
@@ -110,9 +117,10 @@ class GearmanWorker:
             if ptype == JOB_ASSIGN_UNIQ:
                 handle, _func, unique, _data = bytes(buf[i + 12 : end]).split(b"\x00", 3)
                 names.append(unique)
+                self.pending -= 1
                 if complete:
                     out.append(packet(WORK_COMPLETE, handle, b""))
-                out.append(self._grab)
+                out.append(self._top_up())
             elif ptype == NO_JOB:
                 self.pending -= 1
                 if self.pending == 0 and not self.sleeping:
@@ -121,8 +129,7 @@ class GearmanWorker:
             elif ptype == NOOP:
                 if self.sleeping:
                     self.sleeping = False
-                    self.pending = self.slots
-                    out.append(self._grab * self.slots)
+                    out.append(self._top_up())
             elif ptype == ERROR:
                 raise ConnectionError(f"gearmand error {bytes(buf[i + 12 : end])!r}")
             i = end
