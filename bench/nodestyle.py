@@ -20,6 +20,7 @@ import socket
 import string
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from trio_periodic.protocol import packets as p
 from trio_periodic.protocol.connection import ClientConnection, Response
@@ -97,3 +98,18 @@ def run_node_worker(
     finally:
         sock.close()
     return NodeWorkerResult(done, time.monotonic() - started, twice, unknown)
+
+
+def role_node_worker(
+    sync: Any, target: Any, func: bytes, total: int, slots: int, deadline_s: float
+) -> Any:
+    """A bench role (bench/loadgen.py): one node-style worker connection."""
+    from bench.loadgen import RoleResult, _Clock
+
+    sync.wait_go()
+    clock = _Clock()
+    result = run_node_worker(target.host, target.port, func, total, slots, deadline_s)
+    out = RoleResult("workers", count=result.done)
+    out.extra["twice"] = result.twice
+    out.extra["unknown"] = result.unknown
+    return clock.finish(out)

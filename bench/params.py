@@ -18,6 +18,7 @@ class Params:
     sync_s: float = 3.0
     e2e_n: int = 20_000
     e2e_s: float = 20.0
+    node_n: int = 10_000  # jobs through the node-periodic-style worker
     workers: int = 4  # worker connections
     worker_procs: int = 2  # generator processes sharing those connections
     # jobs in flight per worker connection, the same for every server: GRAB_JOB msgids
@@ -50,6 +51,7 @@ class Params:
                 sync_n=5_000,
                 sync_s=0.75,
                 e2e_n=5_000,
+                node_n=3_000,
                 e2e_s=6.0,
                 latency_s=1.5,
                 lateness_spread=2,

@@ -22,6 +22,7 @@ from bench.loadgen import (
     role_workers,
     run_roles,
 )
+from bench.nodestyle import role_node_worker
 from bench.params import Params
 from bench.pg import Databases
 from bench.procs import (
@@ -217,6 +218,39 @@ def end_to_end_wide(spec: ServerSpec, server: Server, t: Target, p: Params, tag:
 
 
 # ------------------------------------------------------------------------------ latency
+
+
+def node_worker(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
+    """A node-periodic-style worker (bench/nodestyle.py, work(4), Nagle on) end to end."""
+    func = tag.encode()
+    n = p.node_n
+    roles = [
+        Role(
+            role_submit,
+            dict(target=t, func=func, prefix="n", n=n, window=p.window, deadline_s=p.e2e_s),
+        ),
+        Role(
+            role_node_worker,
+            dict(target=t, func=func, total=n, slots=p.slots_wide, deadline_s=p.e2e_s),
+        ),
+    ]
+    results, util, cpu = _measure(server, roles, p.e2e_s + GRACE)
+    sub = next(r for r in results if r.role == "submit")
+    worker = next(r for r in results if r.role == "workers")
+    span = worker.t_end - sub.t_start
+    out = Outcome(
+        {
+            "jobs_per_s": worker.count / span if span > 0 else float("nan"),
+            "cpu_us_per_job": per_job_us(cpu, worker.count),
+            "jobs": worker.count,
+            "twice": float(worker.extra.get("twice", 0)),
+        },
+        _gen(results),
+        util,
+    )
+    if worker.count < n:
+        out.notes.append(f"{n - worker.count} of {n:,} jobs not done within {p.e2e_s:g}s")
+    return out
 
 
 def dispatch_latency(spec: ServerSpec, server: Server, t: Target, p: Params, tag: str) -> Outcome:
@@ -561,6 +595,10 @@ def _always(_spec: ServerSpec) -> str | None:
     return None
 
 
+def _periodic_only(spec: ServerSpec) -> str | None:
+    return None if spec.ours else "a node-periodic-style worker speaks the Periodic protocol only"
+
+
 def _due(spec: ServerSpec) -> str | None:
     if spec.kind == "gearmand":
         return (
@@ -637,6 +675,18 @@ SCENARIOS: dict[str, Scenario] = {
             ("jobs_per_s", "cpu_us_per_job"),
             end_to_end_wide,
             _always,
+        ),
+        Scenario(
+            "node-worker",
+            "End to end through a node-periodic-style worker (Nagle on, work(4))",
+            (
+                _m("jobs_per_s", "throughput", "jobs/s", True),
+                _m("cpu_us_per_job", "server CPU/job", "µs", False),
+                _m("twice", "done twice", "jobs", False),
+            ),
+            ("jobs_per_s",),
+            node_worker,
+            _periodic_only,
         ),
         Scenario(
             "latency",
@@ -736,6 +786,10 @@ def describe(p: Params) -> dict[str, Any]:
         "submit-sync": f"{p.sync_n:,} submits one at a time (≤{p.sync_s:g}s), one connection",
         "e2e": _describe_e2e(p, p.slots),
         "e2e-4": _describe_e2e(p, p.slots_wide),
+        "node-worker": f"{p.node_n:,} jobs submitted (window {p.window}) while ONE worker "
+        f"connection with node-periodic 1.6.1's wire habits (bench/nodestyle.py: Nagle on, "
+        f"work({p.slots_wide}), GRAB_JOB re-sent at once by idle slots, JOB_ASSIGNED at once, "
+        "4-character msgids) runs them; goal ≥ 2,000 jobs/s",
         "latency": f"{p.latency_rate:g} jobs/s for {p.latency_s:g}s, {p.workers} idle workers "
         f"({_in_flight(p.slots)} each); submit sent → assignment received",
         "lateness": f"{p.lateness_n:,} jobs due at {p.lateness_spread} whole seconds "
