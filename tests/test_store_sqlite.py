@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import sys
@@ -181,6 +182,27 @@ async def test_unreadable_location_is_a_store_error(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         with pytest.raises(StoreError, match=str(blocker)):
             await SqliteStore(blocker / "p.db").open()
+
+
+async def test_one_store_per_file_until_closed(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    with trio.fail_after(TIMEOUT):
+        first = SqliteStore(path)
+        await first.open()
+        await first.commit([PutJob(Job(b"f", b"mine"))])
+        second = SqliteStore(path)
+        with pytest.raises(StoreError) as info:
+            await second.open()
+        # The message names the file and the holder (this process).
+        assert str(info.value) == (
+            f"store file://{path} is in use by another periodicd (pid {os.getpid()})"
+        )
+        await first.commit([PutJob(Job(b"f", b"still"))])  # the holder is unharmed
+        await first.aclose()
+        assert await stored_names(path) == {b"mine", b"still"}  # released by aclose
+        # A store that failed to open holds nothing either.
+        assert (await second.open()).jobs  # reopening the refused object works
+        await second.aclose()
 
 
 async def test_disk_full_fails_the_batch_and_the_store_keeps_working(tmp_path: Path) -> None:
