@@ -101,7 +101,23 @@ def run(
     except (StoreError, ListenError, AuthFileError) as exc:
         print(f"periodicd: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # The same errors arrive wrapped when raised inside serve's nursery
+        # (store.open, a listener): still one line each, not a traceback.
+        fatal, rest = group.split((StoreError, ListenError, AuthFileError))
+        if fatal is None or rest is not None:
+            raise
+        for leaf in _leaves(fatal):
+            print(f"periodicd: {leaf}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
 
 
 app = cyclopts.App(name="periodicd", help="The trio_periodic job server.")
