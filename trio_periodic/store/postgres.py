@@ -34,8 +34,14 @@ Every server keeps the whole job set in RAM and mirrors the others:
   rows named by other servers' notifications and hands them to the scheduler
   as ``RemoteChange``s.  ``open`` starts listening *before* it reads the
   tables, so nothing committed between the load and ``watch`` is missed.
-* Lease times compare with ``clock`` (``time.time`` by default): servers
-  need clocks in step (NTP) to well within the lease grace period.
+* Leases are kept and compared on the *database's* clock
+  (``clock_timestamp()``), so a server whose clock is wrong can neither
+  steal a live lease nor keep one alive for longer than it asked.  The
+  interface still speaks this server's epoch seconds (``clock``): a
+  ``lease_until`` handed in becomes a duration (``until - clock()``) added
+  to the database's now, and one handed back is the database's time left
+  added to ``clock()``.  Only the durations cross between clocks, so a
+  skew between the two does not matter.
 
 After the LISTEN connection was lost, ``watch`` reconnects with backoff and
 reads every row again (as RemoteJobs, a page at a time) plus every config.
@@ -90,6 +96,7 @@ from trio_periodic.store.base import (
 from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
 from trio_periodic.store.pg_notify import (
     CHANNEL,
+    DB_NOW,
     Handle,
     Listener,
     change_lines,
@@ -120,7 +127,7 @@ def _migrate_to_1(conn: _Conn) -> None:
         " timeout BIGINT NOT NULL DEFAULT 0,"  # seconds
         " workload BYTEA NOT NULL DEFAULT '\\x',"
         " claimed_by TEXT NULL,"  # server id holding the job (multi-server)
-        " lease_until DOUBLE PRECISION NULL,"  # seconds since the epoch
+        " lease_until DOUBLE PRECISION NULL,"  # seconds since the epoch, database clock
         " PRIMARY KEY (func, name))"
     )
     conn.execute("CREATE TABLE periodic_funcs (func BYTEA PRIMARY KEY)")
@@ -145,7 +152,7 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
         " claimed_by = NULL, lease_until = NULL"
         # never overwrite a live claim of another server
         " WHERE periodic_jobs.claimed_by IS NULL OR periodic_jobs.claimed_by = %s"
-        " OR periodic_jobs.lease_until IS NULL OR periodic_jobs.lease_until < %s",
+        f" OR periodic_jobs.lease_until IS NULL OR periodic_jobs.lease_until < {DB_NOW}",
     ),
     DeleteJob: ("DELETE FROM periodic_jobs WHERE func = %s AND name = %s",),
     PutFunc: ("INSERT INTO periodic_funcs (func) VALUES (%s) ON CONFLICT DO NOTHING",),
@@ -157,29 +164,31 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
         "INSERT INTO periodic_configs (key, value) VALUES (%s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     ),
-    ExtendLease: (
-        "UPDATE periodic_jobs SET lease_until = %s"
+    ExtendLease: (  # the parameter is seconds from now, see _params
+        f"UPDATE periodic_jobs SET lease_until = {DB_NOW} + %s"
         " WHERE func = %s AND name = %s AND claimed_by = %s",
     ),
 }
 
 _NOTIFY: Final = "SELECT pg_notify(%s, %s)"
 _LOAD_JOBS: Final = "SELECT func, name, workload, sched_at, count, timeout FROM periodic_jobs"
+# Leases come out as seconds left on the database's clock.
 _LOAD_LEASES: Final = (
-    "SELECT func, name, lease_until FROM periodic_jobs"
-    " WHERE claimed_by IS NOT NULL AND lease_until > %s"
+    f"SELECT func, name, lease_until - {DB_NOW} FROM periodic_jobs"
+    f" WHERE claimed_by IS NOT NULL AND lease_until > {DB_NOW}"
 )
 # Lock the rows in key order: two servers claiming overlapping sets then wait
 # for each other instead of deadlocking, and the second sees the first's claim.
 _LOCK_FOR_CLAIM: Final = (
-    "SELECT j.func, j.name, j.claimed_by, j.lease_until FROM periodic_jobs j"
+    f"SELECT j.func, j.name, j.claimed_by, j.lease_until - {DB_NOW} FROM periodic_jobs j"
     " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
     " ON j.func = v.func AND j.name = v.name"
     " ORDER BY j.func, j.name FOR UPDATE OF j"
 )
+# v.secs: seconds the lease lasts from now.
 _CLAIM: Final = (
-    "UPDATE periodic_jobs j SET claimed_by = %s, lease_until = v.until"
-    " FROM unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, until)"
+    f"UPDATE periodic_jobs j SET claimed_by = %s, lease_until = {DB_NOW} + v.secs"
+    " FROM unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, secs)"
     " WHERE j.func = v.func AND j.name = v.name"
 )
 #: Seconds between attempts to get the LISTEN connection back (doubling up to this).
@@ -187,10 +196,11 @@ _MAX_LISTEN_BACKOFF: Final = 5.0
 
 
 def _params(kind: type, rows: list[tuple[Any, ...]], me: str, now: float) -> list[tuple[Any, ...]]:
+    """``now``: this server's epoch seconds, to turn a lease_until into seconds left."""
     if kind is PutJob:
-        return [(*row, me, now) for row in rows]
+        return [(*row, me) for row in rows]
     if kind is ExtendLease:
-        return [(until, func, name, me) for func, name, until in rows]
+        return [(until - now, func, name, me) for func, name, until in rows]
     return rows
 
 
@@ -284,7 +294,9 @@ class PostgresStore:
 
         Returns the handles *not* claimed: each maps to the lease_until of the
         server that holds it, or to None when the job no longer exists.  A job
-        already claimed by us is claimed again (its lease moves).
+        already claimed by us is claimed again (its lease moves).  Whether a
+        lease ran out is decided on the database's clock; the lease_until
+        values in and out are on ``clock`` (see the module docstring).
         """
         if self._pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is not open")
@@ -344,7 +356,7 @@ class PostgresStore:
     # -- watching (trio side) -----------------------------------------------------
 
     def _new_listener(self) -> Listener:
-        listener = Listener(self._conninfo, self._connect_seconds, self.server_id)
+        listener = Listener(self._conninfo, self._connect_seconds, self.server_id, self._clock)
         self._listeners.add(listener)
         return listener
 
@@ -399,7 +411,7 @@ class PostgresStore:
             conn = psycopg.connect(self._conninfo, connect_timeout=self._connect_seconds)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.uri}: {exc}") from exc
-        listener = Listener(self._conninfo, self._connect_seconds, self.server_id)
+        listener = Listener(self._conninfo, self._connect_seconds, self.server_id, self._clock)
         try:
             with conn:
                 self._migrate(conn)
@@ -533,16 +545,14 @@ class PostgresStore:
         try:
             with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
                 cur.execute(_LOCK_FOR_CLAIM, ([h[0] for h in wanted], [h[1] for h in wanted]))
-                for func, name, by, lease in cur.fetchall():
-                    if by is None or by == me or lease is None or lease < now:
+                for func, name, by, left in cur.fetchall():  # left: database seconds
+                    if by is None or by == me or left is None or left < 0:
                         won.append((func, name))
                     else:
-                        held[(func, name)] = lease
+                        held[(func, name)] = now + left
                 if won:
-                    cur.execute(
-                        _CLAIM,
-                        (me, [h[0] for h in won], [h[1] for h in won], [wanted[h] for h in won]),
-                    )
+                    lasts = [wanted[h] - now for h in won]
+                    cur.execute(_CLAIM, (me, [h[0] for h in won], [h[1] for h in won], lasts))
                     notes = payloads(claim_lines(me, won))
                     cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -574,8 +584,8 @@ def _load(conn: _Conn, now: float) -> StoredState:
         cur.execute(_LOAD_JOBS)
         with gc_paused():
             jobs = list(starmap(Job, cur.fetchall()))
-        cur.execute(_LOAD_LEASES, (now,))
-        leases = {(func, name): until for func, name, until in cur.fetchall()}
+        cur.execute(_LOAD_LEASES)
+        leases = {(func, name): now + left for func, name, left in cur.fetchall()}
         cur.execute("SELECT func FROM periodic_funcs")
         funcs = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT key, value FROM periodic_configs")
