@@ -637,6 +637,58 @@ async def test_watch_reconnects_and_rereads_after_losing_its_connection(
 
 
 @pytest.mark.postgres
+async def test_resync_reports_what_was_deleted_while_disconnected(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """b's LISTEN connection is down (and cannot come back) while a deletes jobs:
+    no notification can reach b, so only the resync can tell it."""
+    db = _dbname(url)
+    seen = _Seen()
+    loaded = [Job(b"f", b"gone"), Job(b"f", b"kept"), Job(b"g", b"dropped")]
+    deleted = [RemoteDelete(b"f", b"gone"), RemoteDelete(b"f", b"mine")]
+    deleted += [RemoteDelete(b"g", b"dropped")]
+
+    def deletes() -> list[RemoteChange]:
+        return sorted((c for c in seen.changes if isinstance(c, RemoteDelete)), key=repr)
+
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            b._retry_delay = 0.05
+            async with trio.open_nursery() as nursery:
+                await a.commit([PutJob(j) for j in loaded])
+                await nursery.start(b.watch, seen)
+                await seen.wait_for(*(RemoteJob(j, None) for j in loaded))
+                await b.commit([PutJob(Job(b"f", b"mine"))])  # b knows it by its own commit
+                (listener,) = b._listeners
+                with _admin(url) as admin:
+                    admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+                    try:
+                        admin.execute("SELECT pg_terminate_backend(%s)", (listener.backend_pid,))
+                        while "lost the LISTEN connection" not in caplog.text:
+                            await trio.sleep(0.01)
+                        # a commits on the pooled connection it already has.
+                        await a.commit([DeleteJob(b"f", b"gone"), DeleteJob(b"f", b"mine")])
+                        await a.commit([DeleteFunc(b"g"), PutJob(Job(b"f", b"new"))])
+                        # b's own put while it cannot listen is no delete.
+                        await b.commit([PutJob(Job(b"h", b"own-during"))])
+                        await trio.sleep(0.3)  # b keeps failing to reconnect meanwhile
+                        assert deletes() == []
+                    finally:
+                        admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+                await seen.wait_for(*deleted, RemoteJob(Job(b"f", b"new"), None), timeout=10)
+                # ... and nothing else: not kept, not new, not b's own.
+                assert deletes() == sorted(deleted, key=repr)
+                nursery.cancel_scope.cancel()
+            # Reported once: the resync of a new watch has nothing more to delete.
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.watch, seen)
+                await seen.wait_for(RemoteJob(Job(b"h", b"own-during"), None))
+                nursery.cancel_scope.cancel()
+            assert deletes() == sorted(deleted, key=repr)
+    assert "3 jobs were deleted elsewhere" in caplog.text
+
+
+@pytest.mark.postgres
 async def test_cancelled_watch_stops_promptly_and_closes_its_connection(url: str) -> None:
     def listeners() -> int:
         with _admin(url) as admin:

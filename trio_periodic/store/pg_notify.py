@@ -293,9 +293,12 @@ class Listener:
                 out.append(RemoteConfig(key[1], configs[key[1]]))
         return out
 
-    def resync_page(self, after: Handle | None) -> tuple[list[RemoteChange], Handle | None]:
+    def resync_page(
+        self, after: Handle | None
+    ) -> tuple[list[RemoteChange], list[Handle], Handle | None]:
         """One page of every row (in key order after ``after``) as RemoteJobs, every
-        config on the first page, and where the next page starts (None: done)."""
+        config on the first page; the handles of every row in the page (ours
+        too); and where the next page starts (None: done)."""
         conn = self._connection()
         out: list[RemoteChange] = []
         with conn.cursor(binary=True) as cur:
@@ -308,8 +311,9 @@ class Listener:
             rows = cur.fetchall()
         now = self._clock()
         out += [job for row in rows if (job := remote_job(row, self._me, now)) is not None]
-        last = (rows[-1][0], rows[-1][1]) if len(rows) == RESYNC_PAGE else None
-        return out, last
+        handles = [(row[0], row[1]) for row in rows]
+        last = handles[-1] if len(rows) == RESYNC_PAGE else None
+        return out, handles, last
 
     def _connection(self) -> _Conn:
         conn = self._conn

@@ -45,9 +45,12 @@ Every server keeps the whole job set in RAM and mirrors the others:
 
 After the LISTEN connection was lost, ``watch`` reconnects with backoff and
 reads every row again (as RemoteJobs, a page at a time) plus every config.
-Jobs *deleted* by other servers while it was disconnected are not reported
-(the store does not know which jobs the scheduler holds): they stay in this
-server's RAM until it restarts, and a claim of one of them returns None.
+Jobs *deleted* by other servers while it was disconnected have no row left
+to read: the store keeps the set of jobs the scheduler may hold
+(``KnownJobs``, see ``pg_known.py``) and reports those missing from the
+table as RemoteDeletes once the last page is read.  Functions dropped
+meanwhile lose their jobs that way; the empty function itself stays listed
+until restart (no job of it can be lost by that).
 
 Schema version 1 (tables carry a fixed ``periodic_`` prefix)::
 
@@ -94,6 +97,7 @@ from trio_periodic.store.base import (
     StoreError,
 )
 from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.pg_known import KnownJobs
 from trio_periodic.store.pg_notify import (
     CHANNEL,
     DB_NOW,
@@ -265,6 +269,8 @@ class PostgresStore:
         # Claims do not wait behind commits: they use a pooled connection of their own.
         self._claim_limiter = trio.CapacityLimiter(1)
         self._committer = GroupCommitter(self._apply)
+        #: The jobs the scheduler may hold, for the resync (trio thread only).
+        self._known = KnownJobs()
         #: Listening since ``open``, until the first ``watch`` takes it over.
         self._listener: Listener | None = None
         self._listeners: set[Listener] = set()  # every live one, for aclose
@@ -278,13 +284,18 @@ class PostgresStore:
         self._pool = pool
         self._listener = listener
         self._listeners.add(listener)
+        self._known.load(state.jobs)
         return state
 
     async def commit(self, changes: Sequence[Change]) -> None:
         if self._pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is not open")
         if changes:
-            await self._committer.submit(changes)
+            puts = self._known.submitting(changes)
+            try:
+                await self._committer.submit(changes)
+            finally:
+                self._known.submitted(puts)
 
     async def claim(
         self, claims: Sequence[tuple[bytes, bytes, float]]
@@ -333,7 +344,7 @@ class PostgresStore:
                 except psycopg.Error as exc:
                     raise StoreError(f"cannot LISTEN on PostgreSQL at {self.uri}: {exc}") from exc
             task_status.started()
-            await self._watch_loop(listener, on_changes, resync=fresh)
+            await self._watch_loop(listener, partial(self._report, on_changes), resync=fresh)
         finally:
             self._listeners.discard(listener)
             with trio.CancelScope(shield=True):
@@ -354,6 +365,12 @@ class PostgresStore:
                 await trio.to_thread.run_sync(pool.close, limiter=self._limiter)
 
     # -- watching (trio side) -----------------------------------------------------
+
+    def _report(
+        self, on_changes: Callable[[list[RemoteChange]], None], changes: list[RemoteChange]
+    ) -> None:
+        self._known.reported(changes)
+        on_changes(changes)
 
     def _new_listener(self) -> Listener:
         listener = Listener(self._conninfo, self._connect_seconds, self.server_id, self._clock)
@@ -380,8 +397,7 @@ class PostgresStore:
                 if self._closed:
                     return
                 log.warning(
-                    "%s: lost the LISTEN connection (%s); retrying in %.1f s (jobs other"
-                    " servers delete meanwhile stay here until restart)",
+                    "%s: lost the LISTEN connection (%s); retrying in %.1f s",
                     self.uri, str(exc).strip(), delay,
                 )  # fmt: skip
                 await trio.sleep(delay)
@@ -396,13 +412,31 @@ class PostgresStore:
     async def _resync(
         self, listener: Listener, on_changes: Callable[[list[RemoteChange]], None]
     ) -> None:
+        """Report every row and config again, then the known jobs no row has."""
+        present: dict[bytes, set[bytes]] = {}  # func → names: every row the pages held
         after: Handle | None = None
-        while True:
-            changes, after = await _in_thread(listener, partial(listener.resync_page, after))
-            if changes:
-                on_changes(changes)
-            if after is None:
-                return
+        self._known.begin_resync()
+        try:
+            while True:
+                changes, rows, after = await _in_thread(
+                    listener, partial(listener.resync_page, after)
+                )
+                for func, name in rows:
+                    bucket = present.get(func)
+                    if bucket is None:
+                        bucket = present[func] = set()
+                    bucket.add(name)
+                if changes:
+                    on_changes(changes)
+                if after is None:
+                    break
+        except BaseException:
+            self._known.abort_resync()
+            raise
+        gone = self._known.end_resync(present)
+        if gone:
+            log.warning("%s: %d jobs were deleted elsewhere meanwhile", self.uri, len(gone))
+            on_changes(list[RemoteChange](gone))
 
     # -- worker-thread side ----------------------------------------------------
 
