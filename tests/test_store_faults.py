@@ -1,10 +1,14 @@
-"""Store faults under a real periodicd: the disk fills up under SQLite.
+"""Store faults under a real periodicd: the disk fills up under SQLite;
+PostgreSQL restarts under load.
 
 The server runs as a subprocess and the clients are plain blocking sockets,
 so nothing here shares the server's fate.  What must hold in each case:
 requests the store could not make durable get an error reply (NO_WORKER),
 every acknowledged job survives (checked after a ``kill -9`` and a restart),
 the server keeps running and serves again once the fault is gone.
+
+PostgreSQL is the tests' throwaway cluster (``pg_fixture.py``), restarted
+with ``pg_ctl restart -m fast`` while clients submit and a worker runs jobs.
 
 The full disk is a small tmpfs when we may mount one (root with
 CAP_SYS_ADMIN), else the server's RLIMIT_FSIZE, lowered and raised from
@@ -26,6 +30,8 @@ from pathlib import Path
 
 import pytest
 from conftest import DaemonProcess, start_daemon
+from pg_fixture import PgCluster, pg_database_url, postgres_cluster  # noqa: F401  (fixtures)
+from test_cluster import RecordingWorker, wait_for
 from test_durability import BlockingConn, dump_names
 
 from trio_periodic.protocol import packets as p
@@ -139,10 +145,15 @@ class Filler(threading.Thread):
 
     WINDOW = 16
 
-    def __init__(self, port: int, prefix: bytes) -> None:
+    def __init__(
+        self, port: int, prefix: bytes, func: bytes = b"nobody", until_full: bool = True
+    ) -> None:
         super().__init__(daemon=True)
         self.conn = BlockingConn(port)
         self.prefix = prefix
+        self.func = func
+        #: False: go on through rejections, until MAX_SUBMITS or the deadline.
+        self.until_full = until_full
         self.acked: set[bytes] = set()
         self.rejected: set[bytes] = set()
         self.streak = 0
@@ -161,11 +172,11 @@ class Filler(threading.Thread):
         sent = 0
         deadline = time.monotonic() + PHASE_TIMEOUT
         while True:
-            stop = self.streak >= FULL_AFTER or time.monotonic() > deadline
+            stop = time.monotonic() > deadline or (self.until_full and self.streak >= FULL_AFTER)
             while not stop and sent < MAX_SUBMITS and len(names) < self.WINDOW:
                 sent += 1
                 names[sent] = self.prefix + b"-%d" % sent
-                self.conn.send(sent, p.SubmitJob(Job(b"nobody", names[sent], b"w" * 200)))
+                self.conn.send(sent, p.SubmitJob(Job(self.func, names[sent], b"w" * 200)))
             if not names:
                 return
             reply = self.conn.recv()
@@ -231,3 +242,61 @@ def test_disk_full_rejects_then_recovers_and_loses_nothing(disk: Disk) -> None:
         _kill_9(server)
     lost = acked - stored
     assert not lost, f"{len(lost)} acknowledged jobs lost, e.g. {sorted(lost)[:5]}"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("down", [0.0, 3.0], ids=["restart", "down-3s"])
+def test_postgres_restart_under_load_loses_no_acknowledged_job(
+    postgres_cluster: PgCluster,  # noqa: F811
+    pg_database_url: str,  # noqa: F811
+    down: float,
+) -> None:
+    """Two clients pipeline submits and a worker runs jobs while PostgreSQL
+    restarts, or stays down for ``down`` seconds."""
+    server = start_daemon("-p", pg_database_url)
+    worker = RecordingWorker(server.port, b"f", slots=16)
+    fillers = [Filler(server.port, b"c%d" % i, b"f", until_full=False) for i in range(2)]
+    try:
+        worker.start()
+        for f in fillers:
+            f.start()
+        assert wait_for(lambda: sum(len(f.acked) for f in fillers) >= 300, PHASE_TIMEOUT)
+        before = sum(len(f.acked) for f in fillers)
+        started = time.monotonic()
+        postgres_cluster.restart(down)
+        restart_s = time.monotonic() - started
+        for f in fillers:
+            f.join(PHASE_TIMEOUT + 5)
+            assert not f.is_alive() and f.error is None, f.error
+        acked = set().union(*(f.acked for f in fillers))
+        rejected = set().union(*(f.rejected for f in fillers))
+        assert len(acked) > before, "nothing acknowledged after the restart"
+        assert server.proc.poll() is None
+        # It reconnected: it listens again, a fresh submit is acknowledged and run.
+        assert wait_for(lambda: any("listening again" in ln for ln in server.log), PHASE_TIMEOUT)
+        conn = BlockingConn(server.port)
+        assert wait_for(lambda: _submit_to(conn, b"f", b"afterwards"), PHASE_TIMEOUT)
+        conn.close()
+        acked.add(b"afterwards")
+        # Every acknowledged job runs (the worker reports each one done).
+        assert wait_for(lambda: acked <= set(worker.seen), PHASE_TIMEOUT), (
+            f"{len(acked - set(worker.seen))} acknowledged jobs never ran,"
+            f" e.g. {sorted(acked - set(worker.seen))[:5]}"
+        )
+        print(
+            f"\nrestart took {restart_s:.2f} s; {len(acked)} acked ({before} before it),"
+            f" {len(rejected)} rejected, {len(worker.seen)} runs"
+        )
+    finally:
+        for f in fillers:
+            f.join(1)
+        worker.stop()
+        _kill_9(server)
+
+
+_msgids = iter(range(10_000, 20_000))
+
+
+def _submit_to(conn: BlockingConn, func: bytes, name: bytes) -> bool:
+    reply = conn.request(next(_msgids), p.SubmitJob(Job(func, name)))
+    return isinstance(reply, p.Success)
