@@ -232,7 +232,7 @@ async def test_connection_dying_mid_commit_is_retried(
 async def test_database_gone_for_good_fails_then_recovers(url: str) -> None:
     db = _dbname(url)
     with trio.fail_after(TIMEOUT):
-        store = PostgresStore(url, retries=2, retry_delay=0.05, connect_timeout=1)
+        store = PostgresStore(url, retries=3, retry_delay=0.05, connect_timeout=1)
         await store.open()
         with _admin(url) as admin:
             admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
@@ -241,8 +241,13 @@ async def test_database_gone_for_good_fails_then_recovers(url: str) -> None:
                 (db,),
             )
         try:
-            with pytest.raises(StoreError, match="attempts"):
+            started = trio.current_time()
+            with pytest.raises(StoreError, match="no connection to the database within 1 s"):
                 await store.commit([PutJob(Job(b"f", b"lost"))])
+            # One wait for the pool (1 s), not one per attempt (4 s).
+            assert trio.current_time() - started < 2.5
+            with pytest.raises(StoreError, match="claim failed"):
+                await store.claim([(b"f", b"lost", 1.0)])
         finally:
             with _admin(url) as admin:
                 admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')

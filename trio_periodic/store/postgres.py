@@ -10,7 +10,11 @@ COMMIT holding its changes returned (``synchronous_commit`` as the server
 has it; PostgreSQL's default fsyncs the WAL).
 
 A lost connection while committing is retried a few times with exponential
-backoff on a fresh connection from the pool.  Replaying a transaction is safe
+backoff on a fresh connection from the pool.  When the pool has none to
+give within ``connect_timeout`` the database is down: the call fails at
+once instead of waiting that long again for each retry, so that callers
+hear within about ``connect_timeout`` (10 s by default) and can answer
+their clients.  Replaying a transaction is safe
 even if the lost COMMIT in fact went through: every change sets a key to a
 value that does not depend on what was there, so applying the same sequence
 twice leaves the same rows.  When the retries run out every caller in that
@@ -537,6 +541,13 @@ class PostgresStore:
         for attempt in range(self._retries + 1):
             try:
                 return fn()
+            except psycopg_pool.PoolTimeout as exc:
+                # The pool has been trying to connect for connect_timeout: waiting
+                # that long again per retry would only hold every caller longer.
+                raise _ConnectionTrouble(
+                    f"{self.uri}: {what} failed: no connection to the database"
+                    f" within {self._connect_timeout:g} s"
+                ) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if self._pool is None or attempt == self._retries:
                     raise _ConnectionTrouble(
