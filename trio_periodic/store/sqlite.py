@@ -23,15 +23,16 @@ File layout (schema version 1)::
     funcs(func BLOB PRIMARY KEY) WITHOUT ROWID
     configs(key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID
 
-One server per file: ``open`` first takes an exclusive ``flock`` on the
-sidecar file ``<file>.lock`` (created if missing, never deleted: unlinking a
-lock file lets two processes lock two different inodes) and writes its PID
-there for the error message of the next one.  The lock belongs to the open
-file description, so the kernel drops it when the process dies, ``kill -9``
-included; ``aclose`` drops it explicitly.  The lock is not taken on the
-database file itself because SQLite's own POSIX locks live there, and
-closing any descriptor of a file drops every POSIX lock the process holds
-on it.
+One server per file: ``open`` takes an exclusive ``flock`` on the sidecar
+file ``<file>.lock`` (created if missing, never deleted: unlinking a lock
+file lets two processes lock two different inodes) and writes its PID there
+for the error message of the next one.  It does so once the file is known to
+be ours (a file we refuse gets no lock file beside it) and before anything is
+written.  The lock belongs to the open file description, so the kernel drops
+it when the process dies, ``kill -9`` included; ``aclose`` drops it
+explicitly.  It is not taken on the database file itself because SQLite's
+own POSIX locks live there, and closing any descriptor of a file drops every
+POSIX lock the process holds on it.
 
 Job fields live in columns, not in an encoded blob, so a restart builds its
 ``Job`` objects straight from rows.  ``MIGRATIONS[i]`` upgrades a file from
@@ -164,11 +165,9 @@ class SqliteStore:
             raise StoreError(f"{path}: cannot open store file: {exc}") from exc
         if head and head != _SQLITE_MAGIC:  # an empty file is a new database
             raise StoreError(f"{path}: not an SQLite database; refusing to touch it")
-        self._lock()
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            self._unlock()
             raise StoreError(f"{path}: cannot open SQLite database: {exc}") from exc
         try:
             self._prepare(conn)
@@ -211,7 +210,7 @@ class SqliteStore:
             os.close(fd)
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Check the file is ours and current (read-only), then set it up."""
+        """Check the file is ours and current (read-only), lock it, then set it up."""
         conn.execute("PRAGMA busy_timeout = 5000")  # milliseconds
         version = self._schema_version(conn)
         if version > SCHEMA_VERSION:
@@ -219,6 +218,9 @@ class SqliteStore:
                 f"{self.path}: schema version {version} is newer than this program's"
                 f" ({SCHEMA_VERSION}); upgrade trio_periodic or use another file"
             )
+        # Only now: a file we refuse gets no lock file beside it.  Nothing was
+        # written yet, and the migration re-reads the version under its lock.
+        self._lock()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
