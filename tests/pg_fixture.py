@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import NoReturn
@@ -30,6 +31,7 @@ from typing import NoReturn
 import pytest
 
 from bench.pg import Cluster, find_pg_bin, run_sql, with_db
+from bench.procs import HOST
 
 SKIP_REASON = "PostgreSQL not installed: install the Debian package postgresql (CI's .ci/run does)"
 #: When set (CI does), a missing PostgreSQL fails the tests instead of skipping them.
@@ -47,6 +49,22 @@ class PgCluster(Cluster):
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
         run_sql(self.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def restart(self, down: float = 0.0) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut, the server comes
+        back on the same port and socket.  With ``down`` (seconds) it is
+        stopped, stays down that long, then started again."""
+        pg_ctl = (self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60")
+        if not down:
+            self._run(*pg_ctl, "-m", "fast", "restart")  # reuses the start options
+            return
+        self._run(*pg_ctl, "-m", "fast", "stop")
+        time.sleep(down)
+        options = (
+            f"-c listen_addresses={HOST} -c port={self.port}"
+            f" -c unix_socket_directories={self.sockets}"
+        )
+        self._run(*pg_ctl, "-o", options, "start")
 
 
 # One cluster per process, shared by every importer of these fixtures.

@@ -158,3 +158,42 @@ def test_running_job_of_a_dead_server_is_handed_out_after_its_lease(
         if rescuer is not None:
             rescuer.stop()
         stop(a, b)
+
+
+def test_delete_made_while_a_server_could_not_listen_reaches_it(
+    pg_database_url: str,  # noqa: F811
+) -> None:
+    """A's LISTEN connection dies and cannot come back while B removes a job:
+    A hears no notification, yet drops the job once it listens again."""
+    import psycopg
+
+    db = pg_database_url.rsplit("/", 1)[1]
+    a = start_daemon("-p", pg_database_url + "?application_name=server-a")
+    b = start_daemon("-p", pg_database_url)
+    admin = psycopg.connect(pg_database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+    try:
+        client_a, client_b = BlockingConn(a.port), BlockingConn(b.port)
+        for i, name in enumerate((b"gone", b"kept")):  # nobody serves "idle": they stay put
+            assert isinstance(client_a.request(i + 1, p.SubmitJob(Job(b"idle", name))), p.Success)
+        assert wait_for(lambda: dump_names(b.port) == {b"gone", b"kept"}, 5)
+        admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'server-a' AND query LIKE 'LISTEN%%'"
+            )
+            assert wait_for(lambda: any("lost the LISTEN" in line for line in a.log), 5)
+            # B removes it on the pooled connection it already has.
+            assert isinstance(client_b.request(9, p.RemoveJob(b"idle", b"gone")), p.Success)
+            assert dump_names(b.port) == {b"kept"}
+            time.sleep(0.5)
+            assert dump_names(a.port) == {b"gone", b"kept"}  # A cannot know yet
+        finally:
+            admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+        assert wait_for(lambda: dump_names(a.port) == {b"kept"}, 10)
+        assert any("1 jobs were deleted elsewhere" in line for line in a.log)
+        client_a.close()
+        client_b.close()
+    finally:
+        admin.close()
+        stop(a, b)

@@ -115,16 +115,7 @@ class SchedulerService:
             self._claim_wake = trio.Event()
             while self._to_claim:
                 batch, self._to_claim = self._to_claim, []
-                try:
-                    self.deliver(await self._claim(list[Effect](batch)))
-                except StoreError as exc:
-                    log.error("claiming %d jobs failed: %s", len(batch), exc)
-                    now = self.clock.now()
-                    for a in batch:
-                        held = a.conn.held.get((a.job.func, a.job.name))
-                        if held is not None and held.msgid == a.msgid:
-                            self.core.claim_failed(held, now + 1.0, now)  # retry in 1 s
-                    self.poke()
+                self.deliver(await self._claim(list[Effect](batch)))
 
     async def _claim(self, effects: list[Effect]) -> list[Effect]:
         """Cluster mode: only assignments whose claim the store accepted go out.
@@ -140,7 +131,19 @@ class SchedulerService:
             now = self.clock.now()
             claims = {(a.job.func, a.job.name): now + a.job.timeout + LEASE_GRACE for a in assigns}
             assert self.cluster is not None
-            refused = await self.cluster.claim([(f, n, t) for (f, n), t in claims.items()])
+            try:
+                refused = await self.cluster.claim([(f, n, t) for (f, n), t in claims.items()])
+            except StoreError as exc:
+                # What earlier rounds claimed still goes out; this round's
+                # assignments were never claimed and go back (retried in 1 s).
+                log.error("claiming %d jobs failed: %s", len(assigns), exc)
+                now = self.clock.now()
+                for a in assigns:
+                    held = a.conn.held.get((a.job.func, a.job.name))
+                    if held is not None and held.msgid == a.msgid:
+                        self.core.claim_failed(held, now + 1.0, now)
+                self.poke()
+                return out
             for a in assigns:
                 handle = (a.job.func, a.job.name)
                 if handle in refused:

@@ -31,6 +31,7 @@ once: the slices bound the time to stop, not the latency.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -72,8 +73,13 @@ _Conn = psycopg.Connection[Any]
 Handle = tuple[bytes, bytes]
 _T = TypeVar("_T")
 
+#: The database's clock in epoch seconds: leases are compared on it alone, so
+#: servers with clocks out of step cannot take each other's live leases.
+DB_NOW: Final = "extract(epoch FROM clock_timestamp())::float8"
+# The last column is the lease's seconds left on the database's clock.
 _ROW_COLUMNS: Final = (
-    "j.func, j.name, j.workload, j.sched_at, j.count, j.timeout, j.claimed_by, j.lease_until"
+    "j.func, j.name, j.workload, j.sched_at, j.count, j.timeout, j.claimed_by,"
+    f" j.lease_until - {DB_NOW}"
 )
 _FETCH_JOBS: Final = (
     f"SELECT {_ROW_COLUMNS} FROM periodic_jobs j"
@@ -162,13 +168,14 @@ def _key(parts: list[str]) -> Key | None:
     return None
 
 
-def remote_job(row: Sequence[Any], me: str) -> RemoteJob | None:
+def remote_job(row: Sequence[Any], me: str, now: float) -> RemoteJob | None:
     """A RemoteJob for a periodic_jobs row read with _ROW_COLUMNS; None for a row
-    we hold ourselves (only we change such a row: nothing to mirror)."""
-    func, name, workload, sched_at, count, timeout, claimed_by, lease_until = row
+    we hold ourselves (only we change such a row: nothing to mirror).  ``now``
+    is this server's epoch seconds: the lease's seconds left are added to it."""
+    func, name, workload, sched_at, count, timeout, claimed_by, left = row
     if claimed_by == me:
         return None
-    lease = lease_until if claimed_by is not None else None
+    lease = now + left if claimed_by is not None and left is not None else None
     return RemoteJob(Job(func, name, workload, sched_at, count, timeout), lease)
 
 
@@ -178,11 +185,18 @@ def remote_job(row: Sequence[Any], me: str) -> RemoteJob | None:
 class Listener:
     """One autocommit connection listening on CHANNEL (used from worker threads)."""
 
-    def __init__(self, conninfo: str, connect_seconds: int, server_id: str) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        connect_seconds: int,
+        server_id: str,
+        clock: Callable[[], float] = time.time,  # epoch seconds, for leases
+    ) -> None:
         # Keepalives unless the user's conninfo sets its own.
         self._conninfo = make_conninfo("", **{**KEEPALIVES, **conninfo_to_dict(conninfo)})
         self._connect_seconds = connect_seconds
         self._me = server_id
+        self._clock = clock
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._conn: _Conn | None = None
@@ -265,12 +279,13 @@ class Listener:
                 cur.execute(_FETCH_CONFIGS, (config_keys,))
                 configs = dict(cur.fetchall())
         out: list[RemoteChange] = []
+        now = self._clock()
         for key in keys:
             if key[0] == "j":
                 row = rows.get((key[1], key[2]))
                 if row is None:
                     out.append(RemoteDelete(key[1], key[2]))
-                elif (job := remote_job(row, self._me)) is not None:
+                elif (job := remote_job(row, self._me, now)) is not None:
                     out.append(job)
             elif key[0] == "f":
                 out.append(RemoteDropFunc(key[1]))
@@ -278,9 +293,12 @@ class Listener:
                 out.append(RemoteConfig(key[1], configs[key[1]]))
         return out
 
-    def resync_page(self, after: Handle | None) -> tuple[list[RemoteChange], Handle | None]:
+    def resync_page(
+        self, after: Handle | None
+    ) -> tuple[list[RemoteChange], list[Handle], Handle | None]:
         """One page of every row (in key order after ``after``) as RemoteJobs, every
-        config on the first page, and where the next page starts (None: done)."""
+        config on the first page; the handles of every row in the page (ours
+        too); and where the next page starts (None: done)."""
         conn = self._connection()
         out: list[RemoteChange] = []
         with conn.cursor(binary=True) as cur:
@@ -291,9 +309,11 @@ class Listener:
             else:
                 cur.execute(_NEXT_PAGE, (*after, RESYNC_PAGE))
             rows = cur.fetchall()
-        out += [job for row in rows if (job := remote_job(row, self._me)) is not None]
-        last = (rows[-1][0], rows[-1][1]) if len(rows) == RESYNC_PAGE else None
-        return out, last
+        now = self._clock()
+        out += [job for row in rows if (job := remote_job(row, self._me, now)) is not None]
+        handles = [(row[0], row[1]) for row in rows]
+        last = handles[-1] if len(rows) == RESYNC_PAGE else None
+        return out, handles, last
 
     def _connection(self) -> _Conn:
         conn = self._conn

@@ -10,7 +10,11 @@ COMMIT holding its changes returned (``synchronous_commit`` as the server
 has it; PostgreSQL's default fsyncs the WAL).
 
 A lost connection while committing is retried a few times with exponential
-backoff on a fresh connection from the pool.  Replaying a transaction is safe
+backoff on a fresh connection from the pool.  When the pool has none to
+give within ``connect_timeout`` the database is down: the call fails at
+once instead of waiting that long again for each retry, so that callers
+hear within about ``connect_timeout`` (10 s by default) and can answer
+their clients.  Replaying a transaction is safe
 even if the lost COMMIT in fact went through: every change sets a key to a
 value that does not depend on what was there, so applying the same sequence
 twice leaves the same rows.  When the retries run out every caller in that
@@ -34,14 +38,23 @@ Every server keeps the whole job set in RAM and mirrors the others:
   rows named by other servers' notifications and hands them to the scheduler
   as ``RemoteChange``s.  ``open`` starts listening *before* it reads the
   tables, so nothing committed between the load and ``watch`` is missed.
-* Lease times compare with ``clock`` (``time.time`` by default): servers
-  need clocks in step (NTP) to well within the lease grace period.
+* Leases are kept and compared on the *database's* clock
+  (``clock_timestamp()``), so a server whose clock is wrong can neither
+  steal a live lease nor keep one alive for longer than it asked.  The
+  interface still speaks this server's epoch seconds (``clock``): a
+  ``lease_until`` handed in becomes a duration (``until - clock()``) added
+  to the database's now, and one handed back is the database's time left
+  added to ``clock()``.  Only the durations cross between clocks, so a
+  skew between the two does not matter.
 
 After the LISTEN connection was lost, ``watch`` reconnects with backoff and
 reads every row again (as RemoteJobs, a page at a time) plus every config.
-Jobs *deleted* by other servers while it was disconnected are not reported
-(the store does not know which jobs the scheduler holds): they stay in this
-server's RAM until it restarts, and a claim of one of them returns None.
+Jobs *deleted* by other servers while it was disconnected have no row left
+to read: the store keeps the set of jobs the scheduler may hold
+(``KnownJobs``, see ``pg_known.py``) and reports those missing from the
+table as RemoteDeletes once the last page is read.  Functions dropped
+meanwhile lose their jobs that way; the empty function itself stays listed
+until restart (no job of it can be lost by that).
 
 Schema version 1 (tables carry a fixed ``periodic_`` prefix)::
 
@@ -88,8 +101,10 @@ from trio_periodic.store.base import (
     StoreError,
 )
 from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.pg_known import KnownJobs
 from trio_periodic.store.pg_notify import (
     CHANNEL,
+    DB_NOW,
     Handle,
     Listener,
     change_lines,
@@ -120,7 +135,7 @@ def _migrate_to_1(conn: _Conn) -> None:
         " timeout BIGINT NOT NULL DEFAULT 0,"  # seconds
         " workload BYTEA NOT NULL DEFAULT '\\x',"
         " claimed_by TEXT NULL,"  # server id holding the job (multi-server)
-        " lease_until DOUBLE PRECISION NULL,"  # seconds since the epoch
+        " lease_until DOUBLE PRECISION NULL,"  # seconds since the epoch, database clock
         " PRIMARY KEY (func, name))"
     )
     conn.execute("CREATE TABLE periodic_funcs (func BYTEA PRIMARY KEY)")
@@ -145,7 +160,7 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
         " claimed_by = NULL, lease_until = NULL"
         # never overwrite a live claim of another server
         " WHERE periodic_jobs.claimed_by IS NULL OR periodic_jobs.claimed_by = %s"
-        " OR periodic_jobs.lease_until IS NULL OR periodic_jobs.lease_until < %s",
+        f" OR periodic_jobs.lease_until IS NULL OR periodic_jobs.lease_until < {DB_NOW}",
     ),
     DeleteJob: ("DELETE FROM periodic_jobs WHERE func = %s AND name = %s",),
     PutFunc: ("INSERT INTO periodic_funcs (func) VALUES (%s) ON CONFLICT DO NOTHING",),
@@ -157,29 +172,31 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
         "INSERT INTO periodic_configs (key, value) VALUES (%s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     ),
-    ExtendLease: (
-        "UPDATE periodic_jobs SET lease_until = %s"
+    ExtendLease: (  # the parameter is seconds from now, see _params
+        f"UPDATE periodic_jobs SET lease_until = {DB_NOW} + %s"
         " WHERE func = %s AND name = %s AND claimed_by = %s",
     ),
 }
 
 _NOTIFY: Final = "SELECT pg_notify(%s, %s)"
 _LOAD_JOBS: Final = "SELECT func, name, workload, sched_at, count, timeout FROM periodic_jobs"
+# Leases come out as seconds left on the database's clock.
 _LOAD_LEASES: Final = (
-    "SELECT func, name, lease_until FROM periodic_jobs"
-    " WHERE claimed_by IS NOT NULL AND lease_until > %s"
+    f"SELECT func, name, lease_until - {DB_NOW} FROM periodic_jobs"
+    f" WHERE claimed_by IS NOT NULL AND lease_until > {DB_NOW}"
 )
 # Lock the rows in key order: two servers claiming overlapping sets then wait
 # for each other instead of deadlocking, and the second sees the first's claim.
 _LOCK_FOR_CLAIM: Final = (
-    "SELECT j.func, j.name, j.claimed_by, j.lease_until FROM periodic_jobs j"
+    f"SELECT j.func, j.name, j.claimed_by, j.lease_until - {DB_NOW} FROM periodic_jobs j"
     " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
     " ON j.func = v.func AND j.name = v.name"
     " ORDER BY j.func, j.name FOR UPDATE OF j"
 )
+# v.secs: seconds the lease lasts from now.
 _CLAIM: Final = (
-    "UPDATE periodic_jobs j SET claimed_by = %s, lease_until = v.until"
-    " FROM unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, until)"
+    f"UPDATE periodic_jobs j SET claimed_by = %s, lease_until = {DB_NOW} + v.secs"
+    " FROM unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, secs)"
     " WHERE j.func = v.func AND j.name = v.name"
 )
 #: Seconds between attempts to get the LISTEN connection back (doubling up to this).
@@ -187,10 +204,11 @@ _MAX_LISTEN_BACKOFF: Final = 5.0
 
 
 def _params(kind: type, rows: list[tuple[Any, ...]], me: str, now: float) -> list[tuple[Any, ...]]:
+    """``now``: this server's epoch seconds, to turn a lease_until into seconds left."""
     if kind is PutJob:
-        return [(*row, me, now) for row in rows]
+        return [(*row, me) for row in rows]
     if kind is ExtendLease:
-        return [(until, func, name, me) for func, name, until in rows]
+        return [(until - now, func, name, me) for func, name, until in rows]
     return rows
 
 
@@ -255,6 +273,8 @@ class PostgresStore:
         # Claims do not wait behind commits: they use a pooled connection of their own.
         self._claim_limiter = trio.CapacityLimiter(1)
         self._committer = GroupCommitter(self._apply)
+        #: The jobs the scheduler may hold, for the resync (trio thread only).
+        self._known = KnownJobs()
         #: Listening since ``open``, until the first ``watch`` takes it over.
         self._listener: Listener | None = None
         self._listeners: set[Listener] = set()  # every live one, for aclose
@@ -268,13 +288,18 @@ class PostgresStore:
         self._pool = pool
         self._listener = listener
         self._listeners.add(listener)
+        self._known.load(state.jobs)
         return state
 
     async def commit(self, changes: Sequence[Change]) -> None:
         if self._pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is not open")
         if changes:
-            await self._committer.submit(changes)
+            puts = self._known.submitting(changes)
+            try:
+                await self._committer.submit(changes)
+            finally:
+                self._known.submitted(puts)
 
     async def claim(
         self, claims: Sequence[tuple[bytes, bytes, float]]
@@ -284,7 +309,9 @@ class PostgresStore:
 
         Returns the handles *not* claimed: each maps to the lease_until of the
         server that holds it, or to None when the job no longer exists.  A job
-        already claimed by us is claimed again (its lease moves).
+        already claimed by us is claimed again (its lease moves).  Whether a
+        lease ran out is decided on the database's clock; the lease_until
+        values in and out are on ``clock`` (see the module docstring).
         """
         if self._pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is not open")
@@ -321,7 +348,7 @@ class PostgresStore:
                 except psycopg.Error as exc:
                     raise StoreError(f"cannot LISTEN on PostgreSQL at {self.uri}: {exc}") from exc
             task_status.started()
-            await self._watch_loop(listener, on_changes, resync=fresh)
+            await self._watch_loop(listener, partial(self._report, on_changes), resync=fresh)
         finally:
             self._listeners.discard(listener)
             with trio.CancelScope(shield=True):
@@ -343,8 +370,14 @@ class PostgresStore:
 
     # -- watching (trio side) -----------------------------------------------------
 
+    def _report(
+        self, on_changes: Callable[[list[RemoteChange]], None], changes: list[RemoteChange]
+    ) -> None:
+        self._known.reported(changes)
+        on_changes(changes)
+
     def _new_listener(self) -> Listener:
-        listener = Listener(self._conninfo, self._connect_seconds, self.server_id)
+        listener = Listener(self._conninfo, self._connect_seconds, self.server_id, self._clock)
         self._listeners.add(listener)
         return listener
 
@@ -368,8 +401,7 @@ class PostgresStore:
                 if self._closed:
                     return
                 log.warning(
-                    "%s: lost the LISTEN connection (%s); retrying in %.1f s (jobs other"
-                    " servers delete meanwhile stay here until restart)",
+                    "%s: lost the LISTEN connection (%s); retrying in %.1f s",
                     self.uri, str(exc).strip(), delay,
                 )  # fmt: skip
                 await trio.sleep(delay)
@@ -384,13 +416,31 @@ class PostgresStore:
     async def _resync(
         self, listener: Listener, on_changes: Callable[[list[RemoteChange]], None]
     ) -> None:
+        """Report every row and config again, then the known jobs no row has."""
+        present: dict[bytes, set[bytes]] = {}  # func → names: every row the pages held
         after: Handle | None = None
-        while True:
-            changes, after = await _in_thread(listener, partial(listener.resync_page, after))
-            if changes:
-                on_changes(changes)
-            if after is None:
-                return
+        self._known.begin_resync()
+        try:
+            while True:
+                changes, rows, after = await _in_thread(
+                    listener, partial(listener.resync_page, after)
+                )
+                for func, name in rows:
+                    bucket = present.get(func)
+                    if bucket is None:
+                        bucket = present[func] = set()
+                    bucket.add(name)
+                if changes:
+                    on_changes(changes)
+                if after is None:
+                    break
+        except BaseException:
+            self._known.abort_resync()
+            raise
+        gone = self._known.end_resync(present)
+        if gone:
+            log.warning("%s: %d jobs were deleted elsewhere meanwhile", self.uri, len(gone))
+            on_changes(list[RemoteChange](gone))
 
     # -- worker-thread side ----------------------------------------------------
 
@@ -399,7 +449,7 @@ class PostgresStore:
             conn = psycopg.connect(self._conninfo, connect_timeout=self._connect_seconds)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.uri}: {exc}") from exc
-        listener = Listener(self._conninfo, self._connect_seconds, self.server_id)
+        listener = Listener(self._conninfo, self._connect_seconds, self.server_id, self._clock)
         try:
             with conn:
                 self._migrate(conn)
@@ -491,6 +541,13 @@ class PostgresStore:
         for attempt in range(self._retries + 1):
             try:
                 return fn()
+            except psycopg_pool.PoolTimeout as exc:
+                # The pool has been trying to connect for connect_timeout: waiting
+                # that long again per retry would only hold every caller longer.
+                raise _ConnectionTrouble(
+                    f"{self.uri}: {what} failed: no connection to the database"
+                    f" within {self._connect_timeout:g} s"
+                ) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if self._pool is None or attempt == self._retries:
                     raise _ConnectionTrouble(
@@ -533,16 +590,14 @@ class PostgresStore:
         try:
             with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
                 cur.execute(_LOCK_FOR_CLAIM, ([h[0] for h in wanted], [h[1] for h in wanted]))
-                for func, name, by, lease in cur.fetchall():
-                    if by is None or by == me or lease is None or lease < now:
+                for func, name, by, left in cur.fetchall():  # left: database seconds
+                    if by is None or by == me or left is None or left < 0:
                         won.append((func, name))
                     else:
-                        held[(func, name)] = lease
+                        held[(func, name)] = now + left
                 if won:
-                    cur.execute(
-                        _CLAIM,
-                        (me, [h[0] for h in won], [h[1] for h in won], [wanted[h] for h in won]),
-                    )
+                    lasts = [wanted[h] - now for h in won]
+                    cur.execute(_CLAIM, (me, [h[0] for h in won], [h[1] for h in won], lasts))
                     notes = payloads(claim_lines(me, won))
                     cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -574,8 +629,8 @@ def _load(conn: _Conn, now: float) -> StoredState:
         cur.execute(_LOAD_JOBS)
         with gc_paused():
             jobs = list(starmap(Job, cur.fetchall()))
-        cur.execute(_LOAD_LEASES, (now,))
-        leases = {(func, name): until for func, name, until in cur.fetchall()}
+        cur.execute(_LOAD_LEASES)
+        leases = {(func, name): now + left for func, name, left in cur.fetchall()}
         cur.execute("SELECT func FROM periodic_funcs")
         funcs = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT key, value FROM periodic_configs")

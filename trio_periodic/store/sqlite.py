@@ -23,6 +23,17 @@ File layout (schema version 1)::
     funcs(func BLOB PRIMARY KEY) WITHOUT ROWID
     configs(key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID
 
+One server per file: ``open`` takes an exclusive ``flock`` on the sidecar
+file ``<file>.lock`` (created if missing, never deleted: unlinking a lock
+file lets two processes lock two different inodes) and writes its PID there
+for the error message of the next one.  It does so once the file is known to
+be ours (a file we refuse gets no lock file beside it) and before anything is
+written.  The lock belongs to the open file description, so the kernel drops
+it when the process dies, ``kill -9`` included; ``aclose`` drops it
+explicitly.  It is not taken on the database file itself because SQLite's
+own POSIX locks live there, and closing any descriptor of a file drops every
+POSIX lock the process holds on it.
+
 Job fields live in columns, not in an encoded blob, so a restart builds its
 ``Job`` objects straight from rows.  ``MIGRATIONS[i]`` upgrades a file from
 version ``i`` to ``i + 1``; a file with a newer version, a file that is not
@@ -31,6 +42,8 @@ SQLite and an SQLite file that is not ours are refused and left untouched.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -105,7 +118,10 @@ class SqliteStore:
         self.uri = f"sqlite:{self.path}"
         #: Number of transactions committed (group commit makes it << calls).
         self.commits = 0
+        self.lock_path = self.path + ".lock"
         self._conn: sqlite3.Connection | None = None
+        #: The open ``<file>.lock`` holding our flock, from open until aclose.
+        self._lock_fd: int | None = None
         self._closed = False
         self._limiter = trio.CapacityLimiter(1)
         self._committer = GroupCommitter(self._apply)
@@ -134,6 +150,7 @@ class SqliteStore:
             conn, self._conn = self._conn, None
             if conn is not None:
                 await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+            self._unlock()
 
     # -- worker-thread side ----------------------------------------------------
 
@@ -157,12 +174,43 @@ class SqliteStore:
             return conn, _load(conn)
         except BaseException as exc:
             conn.close()
+            self._unlock()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{path}: {exc}") from exc
             raise
 
+    def _lock(self) -> None:
+        """Take the exclusive lock on ``<file>.lock`` or raise StoreError."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open lock file: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreError(f"{self.path}: cannot lock {self.lock_path}: {exc}") from exc
+            by = f" (pid {holder})" if holder is not None else ""
+            raise StoreError(
+                f"store file://{self.path} is in use by another periodicd{by}"
+            ) from exc
+        try:  # best effort: the PID only makes the next one's message better
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        except OSError:
+            pass
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        # Closing the descriptor releases the flock; the file stays (see above).
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Check the file is ours and current (read-only), then set it up."""
+        """Check the file is ours and current (read-only), lock it, then set it up."""
         conn.execute("PRAGMA busy_timeout = 5000")  # milliseconds
         version = self._schema_version(conn)
         if version > SCHEMA_VERSION:
@@ -170,6 +218,9 @@ class SqliteStore:
                 f"{self.path}: schema version {version} is newer than this program's"
                 f" ({SCHEMA_VERSION}); upgrade trio_periodic or use another file"
             )
+        # Only now: a file we refuse gets no lock file beside it.  Nothing was
+        # written yet, and the migration re-reads the version under its lock.
+        self._lock()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
@@ -229,6 +280,15 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: commit failed: {exc}") from exc
             raise
         self.commits += 1
+
+
+def _read_pid(fd: int) -> int | None:
+    """The PID the holder of the lock wrote into it, if readable."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _load(conn: sqlite3.Connection) -> StoredState:
