@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,6 +30,9 @@ from trio_periodic.transport.streams import ByteFrameStream, FrameStream, WebSoc
 from trio_periodic.transport.tls import describe
 from trio_periodic.transport.urls import TLS_SCHEMES, PeriodicURL, URLError
 from trio_periodic.transport.urls import parse_url as parse_url_syntax
+
+if TYPE_CHECKING:
+    from trio_periodic.transport.rsa.stream import ClientKeys
 
 __all__ = ["DEFAULT_URL", "ServerURL", "default_url", "open_frame_stream", "parse_url"]
 
@@ -76,15 +80,18 @@ async def open_frame_stream(
     target = parse_url(url)
     if ssl_context is None and target.scheme in TLS_SCHEMES:
         ssl_context = ssl.create_default_context()
-    if rsa is not None and target.scheme not in ("tcp", "unix"):
-        raise ConnectError(f"the RSA transport runs over tcp:// and unix:// only, not {target}")
+    keys = None
+    if rsa is not None:
+        if target.scheme not in ("tcp", "unix"):
+            raise ConnectError(f"the RSA transport runs over tcp:// and unix:// only, not {target}")
+        keys = _client_keys(rsa)  # before connecting: a bad key file is our problem
     try:
         if target.scheme == "tcp":
             stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
-            return ByteFrameStream(await _rsa(stream, target, rsa), str(target))
+            return ByteFrameStream(await _rsa(stream, target, keys), str(target))
         if target.scheme == "unix":
             stream = await trio.open_unix_socket(target.path)
-            return ByteFrameStream(await _rsa(stream, target, rsa), str(target))
+            return ByteFrameStream(await _rsa(stream, target, keys), str(target))
         if target.scheme == "tls":
             assert ssl_context is not None
             return ByteFrameStream(await _open_tls(target, ssl_context), str(target))
@@ -94,21 +101,26 @@ async def open_frame_stream(
         raise ConnectError(f"cannot connect to {target}: {reason}") from exc
 
 
-async def _rsa(
-    stream: trio.abc.Stream, target: ServerURL, options: RsaOptions | None
-) -> trio.abc.Stream:
-    """``stream`` after the RSA handshake (unchanged without ``options``)."""
-    if options is None:
-        return stream
+def _client_keys(options: RsaOptions) -> ClientKeys:
     try:
-        try:
-            from trio_periodic.transport.rsa.stream import client_handshake
-        except ImportError:
-            raise RsaKeyError(
-                "the RSA transport needs the cryptography package: "
-                "pip install 'trio-periodic[rsa]'"
-            ) from None
-        return await client_handshake(stream, options)
+        from trio_periodic.transport.rsa.stream import ClientKeys
+    except ImportError:
+        raise RsaKeyError(
+            "the RSA transport needs the cryptography package: pip install 'trio-periodic[rsa]'"
+        ) from None
+    return ClientKeys.load(options)
+
+
+async def _rsa(
+    stream: trio.abc.Stream, target: ServerURL, keys: ClientKeys | None
+) -> trio.abc.Stream:
+    """``stream`` after the RSA handshake (unchanged without ``keys``)."""
+    if keys is None:
+        return stream
+    from trio_periodic.transport.rsa.stream import client_handshake
+
+    try:
+        return await client_handshake(stream, keys)
     except (RsaProtocolError, trio.BrokenResourceError) as exc:
         await trio.aclose_forcefully(stream)
         reason = f"RSA handshake failed: {describe(exc)}"

@@ -120,7 +120,9 @@ def load_private_key(path: str) -> RSAPrivateKey:
         key = serialization.load_der_private_key(der, password=None)
     except (ValueError, TypeError) as exc:
         # TypeError: an encrypted key (it would need a password).
-        raise RsaKeyError(f"cannot use RSA private key {path}: {_reason(exc)}") from None
+        raise RsaKeyError(
+            f"cannot use RSA private key {path}: {_reason(exc, _NOT_PRIVATE)}"
+        ) from None
     if not isinstance(key, RSAPrivateKey):
         raise RsaKeyError(f"cannot use RSA private key {path}: not an RSA key ({label})")
     if block_size(key) - OAEP_OVERHEAD < 48:
@@ -139,7 +141,9 @@ def _public_keys_of(path: str) -> list[RSAPublicKey]:
                 raise ValueError(f"not an RSA key ({label})")
             keys.append(key)
     except ValueError as exc:
-        raise RsaKeyError(f"cannot use RSA public key file {path}: {_reason(exc)}") from None
+        raise RsaKeyError(
+            f"cannot use RSA public key file {path}: {_reason(exc, _NOT_PUBLIC)}"
+        ) from None
     return keys
 
 
@@ -159,10 +163,14 @@ def load_public_keys(path: str) -> list[RSAPublicKey]:
     return keys
 
 
-def _reason(exc: Exception) -> str:
+_NOT_PRIVATE = "not an RSA private key (PKCS#1 or PKCS#8)"
+_NOT_PUBLIC = "not an RSA public key (PKCS#1 or SubjectPublicKeyInfo)"
+
+
+def _reason(exc: Exception, unparsable: str) -> str:
     text = str(exc).split("\n")[0]
     if isinstance(exc, TypeError) and "password" in text.lower():
         return "it is encrypted (a key without a passphrase is needed)"
     if "Could not deserialize" in text or "Valid PEM but no BEGIN" in text:
-        return "not an RSA key in PKCS#1 or PKCS#8 DER"
+        return unparsable
     return text or type(exc).__name__

@@ -36,6 +36,7 @@ from trio_periodic.transport.rsa.keys import (
 from trio_periodic.transport.rsa.options import (
     RsaError,
     RsaKeyError,
+    RsaMode,
     RsaOptions,
     RsaProtocolError,
 )
@@ -43,6 +44,7 @@ from trio_periodic.transport.rsa.session import Session
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
+    "ClientKeys",
     "RsaStream",
     "ServerKeys",
     "after_rsa_handshake",
@@ -57,7 +59,11 @@ HANDSHAKE_TIMEOUT = 10.0
 #: Bytes asked of the transport at a time (the sessions may ask for less).
 RECEIVE_SIZE = 256 * 1024
 
-_PLAIN_HINTS = ((b"\x00REQ", "a Periodic client without RSA"), (b"GET ", "an HTTP request"))
+_PLAIN_HINTS = (
+    (b"\x00REQ", "a Periodic client without RSA"),
+    (b"GET ", "an HTTP client"),
+    (b"POST", "an HTTP client"),
+)
 
 
 class RsaStream(trio.abc.Stream):
@@ -153,7 +159,7 @@ def _closed_early(side: ServerHandshake | ClientHandshake, received: bytearray) 
 def _hint(received: bytes | bytearray) -> str:
     for prefix, what in _PLAIN_HINTS:
         if received.startswith(prefix):
-            return f" (it sent {what})"
+            return f" (it looks like {what})"
     return ""
 
 
@@ -239,13 +245,27 @@ def after_rsa_handshake(
 # ------------------------------------------------------------------------------ client
 
 
-async def client_handshake(stream: trio.abc.Stream, options: RsaOptions) -> RsaStream:
-    """Handshake as a client with the keys named in ``options`` (read now).
-    :class:`RsaKeyError` for unusable key files, :class:`RsaProtocolError` for
-    a refused or broken handshake."""
-    private = load_private_key(options.private_path)
-    server_keys = load_public_keys(options.public_path)
-    if not server_keys:
-        raise RsaKeyError(f"no server public key in {options.public_path}")
-    side = ClientHandshake(private, server_keys, options.mode, legacy=options.legacy)
+@dataclass(frozen=True, slots=True)
+class ClientKeys:
+    """A client's keys and mode, read from the files an :class:`RsaOptions` names."""
+
+    private_key: RSAPrivateKey
+    server_keys: list[RSAPublicKey]
+    mode: RsaMode
+    legacy: bool = False
+
+    @classmethod
+    def load(cls, options: RsaOptions) -> ClientKeys:
+        """:class:`RsaKeyError` for a file that cannot be used."""
+        private = load_private_key(options.private_path)
+        server_keys = load_public_keys(options.public_path)
+        if not server_keys:
+            raise RsaKeyError(f"no server public key in {options.public_path}")
+        return cls(private, server_keys, options.mode, options.legacy)
+
+
+async def client_handshake(stream: trio.abc.Stream, keys: ClientKeys) -> RsaStream:
+    """Handshake as a client.  :class:`RsaProtocolError` for a refused or
+    broken handshake."""
+    side = ClientHandshake(keys.private_key, keys.server_keys, keys.mode, legacy=keys.legacy)
     return await _run(stream, side, side.initiate())
