@@ -212,19 +212,21 @@ def after_rsa_handshake(
     handler: Callable[[RsaStream], Awaitable[object]],
     keys: ServerKeys,
     peer_name: Callable[[trio.abc.Stream], str],
-    timeout: float = HANDSHAKE_TIMEOUT,
+    timeout: float | None = None,
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     """A connection handler that completes the RSA handshake, then runs ``handler``.
 
-    A failed or timed-out handshake closes the connection with one log line
-    and ``handler`` never runs.
+    A failed or timed-out handshake (``timeout`` seconds, default
+    :data:`HANDSHAKE_TIMEOUT` as it is when the connection comes) closes the
+    connection with one log line and ``handler`` never runs.
     """
 
     async def serve(stream: trio.abc.Stream) -> None:
+        limit = HANDSHAKE_TIMEOUT if timeout is None else timeout
         received = bytearray()
         rsa: RsaStream | None = None
         reason = ""
-        with trio.move_on_after(timeout if timeout > 0 else math.inf):
+        with trio.move_on_after(limit if limit > 0 else math.inf):
             try:
                 rsa = await server_handshake(stream, keys, received)
             except RsaError as exc:
@@ -233,7 +235,7 @@ def after_rsa_handshake(
                 reason = f"RSA handshake failed: {str(exc) or type(exc).__name__}"
         if rsa is None:
             if not reason:
-                reason = f"no RSA handshake within {timeout:g} s{_hint(received)}"
+                reason = f"no RSA handshake within {limit:g} s{_hint(received)}"
             log.warning("closing %s: %s", peer_name(stream), reason)
             await trio.aclose_forcefully(stream)
             return
