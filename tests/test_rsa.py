@@ -22,6 +22,8 @@ import trio.testing
 from conftest import DaemonProcess, start_daemon
 
 from trio_periodic import Client, Job, Worker
+from trio_periodic.cli import UsageError, parse
+from trio_periodic.cli.invocation import Serve, WorkerCmd
 from trio_periodic.cli.keygen import generate_key_files
 from trio_periodic.client import ConnectError, RsaKeyError, RsaMode, RsaOptions
 from trio_periodic.protocol.connection import ClientConnection
@@ -388,6 +390,46 @@ def test_our_client_reports_unusable_key_files(keys: Keys, tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------- command lines
+
+
+def test_rsa_global_options_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = parse(["--rsa-private-path", "me.pem", "ping"])
+    assert inv is not None and inv.globals.rsa == RsaOptions(
+        "me.pem", "public_key.pem", RsaMode.AES
+    )
+    inv = parse(
+        ["--rsa-mode", "rsa", "--rsa-public-path", "s.pem", "--rsa-private-path", "m", "ping"]
+    )
+    assert inv is not None and inv.globals.rsa == RsaOptions("m", "s.pem", RsaMode.RSA)
+    inv = parse(["ping"])
+    assert inv is not None and inv.globals.rsa is None
+    with pytest.raises(UsageError, match="need --rsa-private-path"):
+        parse(["--rsa-mode", "AES", "ping"])
+    with pytest.raises(UsageError, match="unknown RSA mode"):
+        parse(["--rsa-mode", "XOR", "--rsa-private-path", "m", "ping"])
+    # FUNC is still found after the global options that take a value.
+    inv = parse(["--rsa-private-path", "m", "worker", "f", "cmd", "-x"])
+    assert inv is not None and isinstance(inv.command, WorkerCmd)
+    assert inv.command.command == ("cmd", "-x") and inv.globals.rsa is not None
+    monkeypatch.setenv("PERIODIC_RSA_MODE", "Plain")
+    monkeypatch.setenv("PERIODIC_RSA_PRIVATE_PATH", "env.pem")
+    inv = parse(["status"])
+    assert inv is not None and inv.globals.rsa == RsaOptions("env.pem", mode=RsaMode.PLAIN)
+
+
+def test_server_rsa_flags_parse() -> None:
+    inv = parse(
+        ["serve", "--rsa-private-path", "k", "--rsa-public-path", "d", "--rsa-allow-legacy"]
+    )
+    assert inv is not None and isinstance(inv.command, Serve)
+    options = inv.command.options
+    assert (options.rsa_private_path, options.rsa_public_path) == ("k", "d")
+    assert options.rsa_allow_legacy
+    # periodic -d: the keys are the server's.
+    inv = parse(["-d", "--rsa-private-path", "k", "--rsa-public-path", "d"])
+    assert inv is not None and isinstance(inv.command, Serve)
+    assert inv.command.options.rsa_private_path == "k"
+    assert inv.command.options.rsa_public_path == "d"
 
 
 @pytest.fixture
