@@ -289,18 +289,21 @@ async def test_authorised_keys_are_read_for_every_connection(
             assert await admitted("b", tcp)
 
 
-async def test_http_on_the_protocol_port_goes_through_rsa_too(keys: Keys, tmp_path: Path) -> None:
-    """The handshake comes first; the decrypted bytes are routed as on a plain port."""
+async def test_plain_mode_hands_back_the_socket_itself(keys: Keys, tmp_path: Path) -> None:
+    """After a Plain handshake nothing is left to decrypt: the socket stream itself
+    carries on (and keeps the server's fast path); other modes wrap it.  Either
+    way the server routes what follows as on a plain port (here: HTTP)."""
     with trio.fail_after(LIMIT):
         async with rsa_server(keys, tmp_path) as (tcp, _):
-            raw = await trio.open_tcp_stream("127.0.0.1", port_of(tcp))
-            stream = await client_handshake(raw, ClientKeys.load(keys.options("a")))
-            await stream.send_all(
-                b"GET /api/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            reply = await read_to_end(stream)
-            assert reply.startswith(b"HTTP/1.1 200 ")
-            await stream.aclose()
+            for mode in RsaMode:
+                raw = await trio.open_tcp_stream("127.0.0.1", port_of(tcp))
+                stream = await client_handshake(raw, ClientKeys.load(keys.options("a", mode)))
+                assert (stream is raw) == (mode is RsaMode.PLAIN)
+                await stream.send_all(
+                    b"GET /api/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                assert (await read_to_end(stream)).startswith(b"HTTP/1.1 200 ")
+                await stream.aclose()
 
 
 async def test_the_raw_socket_fast_path_is_off_over_rsa() -> None:

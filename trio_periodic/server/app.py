@@ -26,7 +26,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
@@ -57,9 +57,6 @@ from trio_periodic.transport.listeners import (
 from trio_periodic.transport.streams import RECEIVE_SIZE, ByteFrameStream, WebSocketFrameStream
 from trio_periodic.transport.tls import after_handshake, peer_name, wrap_listeners
 from trio_periodic.transport.urls import TLS_SCHEMES
-
-if TYPE_CHECKING:
-    from trio_periodic.transport.rsa.stream import RsaStream
 
 log = logging.getLogger(__name__)
 
@@ -336,9 +333,8 @@ class Server:
         raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         await self.http.serve(stream, peer=peer_name(raw))
 
-    async def _serve_socket(
-        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | RsaStream
-    ) -> None:
+    async def _serve_socket(self, stream: trio.abc.Stream) -> None:
+        """A tcp:// or unix:// connection (under TLS or RSA, maybe): HTTP or Periodic."""
         name = _peer_name(stream)
         # The seed served its curl interface on the protocol port: a first
         # read that starts like an HTTP request goes to the HTTP API.

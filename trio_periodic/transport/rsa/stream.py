@@ -5,7 +5,10 @@ drive the sans-I/O handshakes of :mod:`.handshake` over an open stream and
 return an :class:`RsaStream`: a :class:`trio.abc.Stream` whose
 ``send_all`` encrypts (one AES frame, or RSA blocks, per call) and whose
 ``receive_some`` returns decrypted bytes, so the connection handlers,
-the HTTP API and the client run over it unchanged.
+the HTTP API and the client run over it unchanged.  In Plain mode they
+return the stream itself: the handshake reads exactly the blocks it needs,
+so nothing is left over, and a bare socket keeps the server's fast path
+for writes.
 
 The server side (:func:`after_rsa_handshake`) handshakes inside each new
 connection's own task, bounded by :data:`HANDSHAKE_TIMEOUT`, with the
@@ -40,7 +43,7 @@ from trio_periodic.transport.rsa.options import (
     RsaOptions,
     RsaProtocolError,
 )
-from trio_periodic.transport.rsa.session import Session
+from trio_periodic.transport.rsa.session import PlainSession, Session
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -124,10 +127,11 @@ async def _run(
     side: ServerHandshake | ClientHandshake,
     first: bytes = b"",
     received: bytearray | None = None,
-) -> RsaStream:
-    """Feed ``side`` from ``stream`` until done.  :class:`RsaProtocolError` on a
-    broken handshake or a closed connection.  The first bytes received are
-    kept in ``received``, to say what a peer that never completes sent."""
+) -> trio.abc.Stream:
+    """Feed ``side`` from ``stream`` until done; return the data-phase stream.
+    :class:`RsaProtocolError` on a broken handshake or a closed connection.
+    The first bytes received are kept in ``received``, to say what a peer
+    that never completes sent."""
     if first:
         await stream.send_all(first)
     if received is None:
@@ -144,6 +148,8 @@ async def _run(
         reply = side.receive_data(bytes(data))
         if reply:
             await stream.send_all(reply)
+    if isinstance(side.session, PlainSession) and not side.leftover:
+        return stream
     return RsaStream(stream, side.session, side.leftover)
 
 
@@ -194,7 +200,7 @@ class ServerKeys:
 
 async def server_handshake(
     stream: trio.abc.Stream, keys: ServerKeys, received: bytearray | None = None
-) -> RsaStream:
+) -> trio.abc.Stream:
     """Handshake as the server.  :class:`RsaProtocolError` (or :class:`RsaKeyError`
     when the authorised keys can no longer be read)."""
     side = ServerHandshake(keys.private_key, keys.authorised(), allow_legacy=keys.allow_legacy)
@@ -202,14 +208,14 @@ async def server_handshake(
     log.debug(
         "RSA handshake done: client key %s, mode %s%s",
         short(side.peer_fingerprint),
-        rsa.session.mode.label,
+        side.session.mode.label,
         " (legacy)" if side.legacy else "",
     )
     return rsa
 
 
 def after_rsa_handshake(
-    handler: Callable[[RsaStream], Awaitable[object]],
+    handler: Callable[[trio.abc.Stream], Awaitable[object]],
     keys: ServerKeys,
     peer_name: Callable[[trio.abc.Stream], str],
     timeout: float | None = None,
@@ -224,7 +230,7 @@ def after_rsa_handshake(
     async def serve(stream: trio.abc.Stream) -> None:
         limit = HANDSHAKE_TIMEOUT if timeout is None else timeout
         received = bytearray()
-        rsa: RsaStream | None = None
+        rsa: trio.abc.Stream | None = None
         reason = ""
         with trio.move_on_after(limit if limit > 0 else math.inf):
             try:
@@ -266,7 +272,7 @@ class ClientKeys:
         return cls(private, server_keys, options.mode, options.legacy)
 
 
-async def client_handshake(stream: trio.abc.Stream, keys: ClientKeys) -> RsaStream:
+async def client_handshake(stream: trio.abc.Stream, keys: ClientKeys) -> trio.abc.Stream:
     """Handshake as a client.  :class:`RsaProtocolError` for a refused or
     broken handshake."""
     side = ClientHandshake(keys.private_key, keys.server_keys, keys.mode, legacy=keys.legacy)
