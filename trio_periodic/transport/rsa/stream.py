@@ -109,11 +109,11 @@ class RsaStream(trio.abc.Stream):
         return out
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        wire = self.session.send(bytes(data))
-        if wire:
-            await self.transport_stream.send_all(wire)
-        else:
+        unit = self.session.send_unit or len(data)
+        if not data:
             await trio.lowlevel.checkpoint()
+        for i in range(0, len(data), unit):
+            await self.transport_stream.send_all(self.session.send(bytes(data[i : i + unit])))
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
