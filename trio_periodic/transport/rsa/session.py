@@ -27,13 +27,14 @@ inside the frame (a 2^-50 event for a 64 MiB frame; it just draws again).
 
 from __future__ import annotations
 
-import hmac
 import os
 import struct
 from collections.abc import Callable
-from hashlib import sha256
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.hmac import HMAC
 
 from trio_periodic.transport.rsa.keys import (
     RSAPrivateKey,
@@ -180,8 +181,9 @@ class AesSession(Session):
         if len(key) != AES_KEY_SIZE:
             raise ValueError(f"an AES-256 key is {AES_KEY_SIZE} bytes, not {len(key)}")
         self.legacy = legacy
-        self._key = key
         self._aes = algorithms.AES(key)
+        # Copied per frame: keying an HMAC costs several times a copy.
+        self._hmac = HMAC(key, hashes.SHA256())
         self._tag = 0 if legacy else AES_TAG_SIZE
         self._min = AES_IV_SIZE + self._tag
         self._max = max_frame
@@ -202,7 +204,7 @@ class AesSession(Session):
         cipher = encryptor.update(plain) + encryptor.finalize()
         parts = [_U64.pack(len(iv) + len(cipher) + self._tag), iv, cipher]
         if self._tag:
-            parts.append(self._mac(iv, cipher))
+            parts.append(self._mac(iv, cipher).finalize())
         return b"".join(parts)
 
     def _iv(self, length: int) -> bytes:
@@ -212,10 +214,11 @@ class AesSession(Session):
             if int.from_bytes(iv[8:], "big") + blocks <= _LOW_HALF:
                 return iv
 
-    def _mac(self, iv: bytes, cipher: bytes | memoryview) -> bytes:
-        mac = hmac.new(self._key, iv, sha256)
+    def _mac(self, iv: bytes, cipher: bytes | memoryview) -> HMAC:
+        mac = self._hmac.copy()
+        mac.update(iv)
         mac.update(cipher)
-        return mac.digest()
+        return mac
 
     # --------------------------------------------------------------- receive
 
@@ -247,9 +250,12 @@ class AesSession(Session):
             iv = bytes(frame[:AES_IV_SIZE])
             with frame[AES_IV_SIZE : length - self._tag] as cipher:
                 if self._tag:
-                    with frame[length - self._tag :] as tag:
-                        if not hmac.compare_digest(self._mac(iv, cipher), tag):
-                            raise RsaProtocolError("an AES frame with a bad authentication tag")
+                    try:
+                        self._mac(iv, cipher).verify(bytes(frame[length - self._tag :]))
+                    except InvalidSignature:
+                        raise RsaProtocolError(
+                            "an AES frame with a bad authentication tag"
+                        ) from None
                 decryptor = Cipher(self._aes, modes.CTR(iv)).decryptor()
                 return decryptor.update(cipher) + decryptor.finalize()
 
