@@ -267,7 +267,7 @@ async def run_client(g: Globals, cmd: Command) -> int:
     jobs = read_dump(cmd.path) if isinstance(cmd, Load) else []
     context = g.ssl_context()
     async with Client.connect(
-        g.url, name=g.client_name, token=g.client_token, ssl_context=context
+        g.url, name=g.client_name, token=g.client_token, ssl_context=context, rsa=g.rsa
     ) as client:
         if isinstance(cmd, Load):
             return await _load(client, jobs)

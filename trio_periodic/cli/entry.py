@@ -32,6 +32,7 @@ from trio_periodic.cli.invocation import (
     WorkerCmd,
 )
 from trio_periodic.server.options import DEFAULT_HTTP, ServerOptions
+from trio_periodic.transport.rsa.options import DEFAULT_CLIENT_PUBLIC_PATH, RsaMode, RsaOptions
 from trio_periodic.transport.tls import TlsOptions
 
 __all__ = ["UsageError", "app", "execute", "main", "parse", "run_cli"]
@@ -58,6 +59,13 @@ def _periodic(
     tls_ca: Annotated[str | None, Parameter(env_var="PERIODIC_TLS_CA", group=GLOBAL)] = None,
     tls_cert: Annotated[str | None, Parameter(env_var="PERIODIC_TLS_CERT", group=GLOBAL)] = None,
     tls_key: Annotated[str | None, Parameter(env_var="PERIODIC_TLS_KEY", group=GLOBAL)] = None,
+    rsa_mode: Annotated[str | None, Parameter(env_var="PERIODIC_RSA_MODE", group=GLOBAL)] = None,
+    rsa_public_path: Annotated[
+        str | None, Parameter(env_var="PERIODIC_RSA_PUBLIC_PATH", group=GLOBAL)
+    ] = None,
+    rsa_private_path: Annotated[
+        str | None, Parameter(env_var="PERIODIC_RSA_PRIVATE_PATH", group=GLOBAL)
+    ] = None,
     daemon: Annotated[bool, Parameter(name=["-d", "--daemon"], group=GLOBAL)] = False,
 ) -> Invocation | None:
     """Global options.
@@ -80,6 +88,13 @@ def _periodic(
         the same file).
     tls_key
         PEM private key of --tls-cert, when it is in a file of its own.
+    rsa_mode
+        Plain, RSA or AES (default): the data phase of periodicd's RSA transport.
+    rsa_public_path
+        The server's RSA public key, PEM (default public_key.pem).
+    rsa_private_path
+        Our RSA private key (PKCS#1 PEM, see keygen): turns the RSA transport on
+        (tcp:// and unix:// servers started with --rsa-private-path).
     daemon
         Run the server (the seed README's `periodic -d`); the same as `periodic serve`.
     """
@@ -87,7 +102,10 @@ def _periodic(
         raise UsageError("--client-name and --client-token must be provided together")
     if tls_key is not None and tls_cert is None:
         raise UsageError("--tls-key needs --tls-cert")
-    g = Globals(tuple(host or ()), client_name, client_token, TlsOptions(tls_ca, tls_cert, tls_key))
+    rsa = _rsa_options(rsa_mode, rsa_public_path, rsa_private_path)
+    g = Globals(
+        tuple(host or ()), client_name, client_token, TlsOptions(tls_ca, tls_cert, tls_key), rsa
+    )
     if daemon:
         if tokens:
             raise UsageError(f"-d runs the server and takes no command (got {tokens[0]!r})")
@@ -99,6 +117,8 @@ def _periodic(
             # With -d there is no client: the certificate is the server's.
             tls_cert=tls_cert,
             tls_key=tls_key,
+            rsa_private_path=rsa_private_path,
+            rsa_public_path=rsa_public_path,
         )
         serve = Serve(g.hosts, options)
         return Invocation(g, serve)
@@ -110,12 +130,38 @@ def _periodic(
     return Invocation(g, command)
 
 
+def _rsa_options(
+    mode: str | None, public_path: str | None, private_path: str | None
+) -> RsaOptions | None:
+    """The RSA transport is on with a private key, as in the reference tools."""
+    if private_path is None:
+        if mode is not None or public_path is not None:
+            raise UsageError("--rsa-mode and --rsa-public-path need --rsa-private-path")
+        return None
+    try:
+        parsed = RsaMode.AES if mode is None else RsaMode.parse(mode)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return RsaOptions(private_path, public_path or DEFAULT_CLIENT_PUBLIC_PATH, parsed)
+
+
 # Options of `worker` that take a value, so that FUNC can be found without `--`.
 _WORKER_VALUE_OPTS = frozenset(
     {"--thread", "--timeout", "--lock-name", "--lock-count", "--retry-secs", "--ready-timeout"}
 )
 _GLOBAL_VALUE_OPTS = frozenset(
-    {"-H", "--host", "--client-name", "--client-token", "--tls-ca", "--tls-cert", "--tls-key"}
+    {
+        "-H",
+        "--host",
+        "--client-name",
+        "--client-token",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+        "--rsa-mode",
+        "--rsa-public-path",
+        "--rsa-private-path",
+    }
 )
 
 

@@ -354,7 +354,9 @@ async def _watch_signals(worker: Worker, cancel: Callable[[], None]) -> None:
 
 async def run_worker(g: Globals, cmd: ExecWorker | WorkerCmd) -> int:
     """Run a command-line worker until it is stopped; return the exit status."""
-    worker = Worker(g.url, name=g.client_name, token=g.client_token, ssl_context=g.ssl_context())
+    worker = Worker(
+        g.url, name=g.client_name, token=g.client_token, ssl_context=g.ssl_context(), rsa=g.rsa
+    )
     pool: RunnerPool | None = None
     if isinstance(cmd, ExecWorker):
         worker.add_func(cmd.func, partial(exec_job, cmd.command.split()))

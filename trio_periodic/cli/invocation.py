@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from trio_periodic.client.transport import DEFAULT_URL
 from trio_periodic.server.options import ServerOptions
+from trio_periodic.transport.rsa.options import RsaOptions
 from trio_periodic.transport.tls import TlsOptions
 
 __all__ = [
@@ -48,6 +49,8 @@ class Globals:
     client_token: str | None = None
     #: ``--tls-ca`` / ``--tls-cert`` / ``--tls-key``, for tls:// and wss:// servers.
     tls: TlsOptions = field(default_factory=TlsOptions)
+    #: ``--rsa-mode`` / ``--rsa-public-path`` / ``--rsa-private-path``; None: no RSA.
+    rsa: RsaOptions | None = None
 
     @property
     def url(self) -> str:

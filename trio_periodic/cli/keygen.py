@@ -3,8 +3,8 @@
 The reference writes ``FILE_private_key.pem`` (PKCS#1 ``RSA PRIVATE KEY``) and
 ``FILE_public_key.pem`` (PKCS#1 ``RSA PUBLIC KEY``); its ``-s`` size is in
 *bytes* (256 = a 2048-bit key).  Keys are for servers and clients that use the
-RSA transport; trio_periodic's own server does not speak it yet.  Needs the
-``cryptography`` package (``pip install 'trio-periodic[rsa]'``).
+RSA transport (``--rsa-private-path`` / ``--rsa-public-path``, PROTOCOL.md §3).
+Needs the ``cryptography`` package (``pip install 'trio-periodic[rsa]'``).
 """
 
 from __future__ import annotations

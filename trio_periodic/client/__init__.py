@@ -25,6 +25,7 @@ from trio_periodic.client.errors import (
 from trio_periodic.client.job import Done, Fail, Job, SchedLater
 from trio_periodic.client.transport import DEFAULT_URL, default_url, parse_url
 from trio_periodic.client.worker import Worker
+from trio_periodic.transport.rsa.options import RsaKeyError, RsaMode, RsaOptions
 from trio_periodic.transport.tls import TlsError, TlsOptions
 
 __all__ = [
@@ -43,6 +44,9 @@ __all__ = [
     "NoWorker",
     "PeriodicError",
     "RequestTimeout",
+    "RsaKeyError",
+    "RsaMode",
+    "RsaOptions",
     "SchedLater",
     "TlsError",
     "TlsOptions",

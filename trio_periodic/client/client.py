@@ -62,6 +62,7 @@ from trio_periodic.protocol import (
 from trio_periodic.protocol import NoWorker as NoWorkerPacket
 from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from trio_periodic.protocol.job import Job as WireJob
+from trio_periodic.transport.rsa.options import RsaOptions
 
 __all__ = [
     "EOF",
@@ -171,6 +172,7 @@ class Client:
         ping_interval: float = PING_INTERVAL,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ssl_context: ssl.SSLContext | None = None,
+        rsa: RsaOptions | None = None,
     ) -> AsyncIterator[Self]:
         """Connect to ``url`` (default: ``$PERIODIC_PORT`` or ``unix:///tmp/periodic.sock``).
 
@@ -179,7 +181,9 @@ class Client:
         request; ``ping_interval`` is the idle time before a keepalive PING.
         ``ssl_context`` serves ``tls://`` and ``wss://`` URLs (default: the
         system's CAs); ``TlsOptions(ca=..., cert=..., key=...).client_context()``
-        builds one from PEM files.
+        builds one from PEM files.  ``rsa`` (``RsaOptions(private_path=...,
+        public_path=..., mode=...)``) speaks periodicd's RSA transport on
+        ``tcp://`` and ``unix://`` URLs.
         """
         registration = identity_registration(False, name, token)
         async with Connection.open(
@@ -189,6 +193,7 @@ class Client:
             ping_interval=ping_interval,
             max_frame_size=max_frame_size,
             ssl_context=ssl_context,
+            rsa=rsa,
         ) as conn:
             yield cls(conn)
 

@@ -67,6 +67,7 @@ from trio_periodic.protocol import (
 )
 from trio_periodic.protocol import Job as WireJob
 from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE
+from trio_periodic.transport.rsa.options import RsaOptions
 from trio_periodic.transport.streams import ConnectionLost as TransportLost
 from trio_periodic.transport.streams import FrameStream
 
@@ -193,17 +194,26 @@ class Connection:
         ping_interval: float = PING_INTERVAL,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ssl_context: ssl.SSLContext | None = None,
+        rsa: RsaOptions | None = None,
     ) -> AsyncIterator[Self]:
         """Connect to ``url`` and register; :class:`ConnectError` if that fails.
 
         ``ssl_context`` is for ``tls://`` and ``wss://`` URLs (default: the
-        system's CAs)."""
+        system's CAs); ``rsa`` runs periodicd's RSA handshake on ``tcp://`` and
+        ``unix://`` URLs (RsaKeyError for key files that cannot be used)."""
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
             conn: Self | None = None
             try:
                 conn = await cls._establish(
-                    url, registration, nursery, timeout, ping_interval, max_frame_size, ssl_context
+                    url,
+                    registration,
+                    nursery,
+                    timeout,
+                    ping_interval,
+                    max_frame_size,
+                    ssl_context,
+                    rsa,
                 )
                 nursery.start_soon(conn._read_loop)
                 nursery.start_soon(conn._write_loop)
@@ -235,11 +245,12 @@ class Connection:
         ping_interval: float,
         max_frame_size: int,
         ssl_context: ssl.SSLContext | None = None,
+        rsa: RsaOptions | None = None,
     ) -> Self:
         stream: FrameStream | None = None
         try:
             with trio.fail_after(timeout):
-                stream = await open_frame_stream(url, nursery, ssl_context)
+                stream = await open_frame_stream(url, nursery, ssl_context, rsa)
                 conn = cls(
                     stream,
                     registration,

@@ -8,6 +8,10 @@ Accepted URLs (PROTOCOL.md §1, and what aio_periodic accepts):
 * ``tls://HOST:PORT`` and ``wss://HOST:PORT[/PATH]`` - the same over TLS;
 * a bare ``HOST:PORT`` - TCP.
 
+With :class:`~trio_periodic.transport.rsa.RsaOptions`, ``tcp://`` and
+``unix://`` connections run periodicd's RSA handshake first (PROTOCOL.md §3)
+and the rest of the connection goes through the negotiated mode.
+
 Any other scheme is an error (the reference took it as a Unix socket path).
 """
 
@@ -15,15 +19,20 @@ from __future__ import annotations
 
 import os
 import ssl
+from typing import TYPE_CHECKING
 
 import trio
 
 from trio_periodic.client.errors import ConnectError
 from trio_periodic.protocol.constants import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE
+from trio_periodic.transport.rsa.options import RsaKeyError, RsaOptions, RsaProtocolError
 from trio_periodic.transport.streams import ByteFrameStream, FrameStream, WebSocketFrameStream
 from trio_periodic.transport.tls import describe
 from trio_periodic.transport.urls import TLS_SCHEMES, PeriodicURL, URLError
 from trio_periodic.transport.urls import parse_url as parse_url_syntax
+
+if TYPE_CHECKING:
+    from trio_periodic.transport.rsa.stream import ClientKeys
 
 __all__ = ["DEFAULT_URL", "ServerURL", "default_url", "open_frame_stream", "parse_url"]
 
@@ -53,25 +62,36 @@ def parse_url(url: str) -> ServerURL:
 
 
 async def open_frame_stream(
-    url: str, nursery: trio.Nursery, ssl_context: ssl.SSLContext | None = None
+    url: str,
+    nursery: trio.Nursery,
+    ssl_context: ssl.SSLContext | None = None,
+    rsa: RsaOptions | None = None,
 ) -> FrameStream:
     """Connect to ``url``.  ``nursery`` hosts the WebSocket's background task.
 
     ``tls://`` and ``wss://`` use ``ssl_context`` (default: the system's CAs,
     no client certificate) and check the server's certificate against the
-    URL's host; other schemes ignore it.  Raises :class:`ConnectError` with
-    the reason (refused, no such socket, certificate not trusted, …).
+    URL's host; other schemes ignore it.  ``rsa`` runs the RSA handshake on
+    ``tcp://`` and ``unix://`` (the only doors periodicd has); key files
+    that cannot be used raise :class:`~trio_periodic.transport.rsa.RsaKeyError`.
+    Raises :class:`ConnectError` with the reason (refused, no such socket,
+    certificate not trusted, RSA handshake refused, …).
     """
     target = parse_url(url)
     if ssl_context is None and target.scheme in TLS_SCHEMES:
         ssl_context = ssl.create_default_context()
+    keys = None
+    if rsa is not None:
+        if target.scheme not in ("tcp", "unix"):
+            raise ConnectError(f"the RSA transport runs over tcp:// and unix:// only, not {target}")
+        keys = _client_keys(rsa)  # before connecting: a bad key file is our problem
     try:
         if target.scheme == "tcp":
             stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
-            return ByteFrameStream(stream, str(target))
+            return ByteFrameStream(await _rsa(stream, target, keys), str(target))
         if target.scheme == "unix":
             stream = await trio.open_unix_socket(target.path)
-            return ByteFrameStream(stream, str(target))
+            return ByteFrameStream(await _rsa(stream, target, keys), str(target))
         if target.scheme == "tls":
             assert ssl_context is not None
             return ByteFrameStream(await _open_tls(target, ssl_context), str(target))
@@ -79,6 +99,35 @@ async def open_frame_stream(
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise ConnectError(f"cannot connect to {target}: {reason}") from exc
+
+
+def _client_keys(options: RsaOptions) -> ClientKeys:
+    try:
+        from trio_periodic.transport.rsa.stream import ClientKeys
+    except ImportError:
+        raise RsaKeyError(
+            "the RSA transport needs the cryptography package: pip install 'trio-periodic[rsa]'"
+        ) from None
+    return ClientKeys.load(options)
+
+
+async def _rsa(
+    stream: trio.abc.Stream, target: ServerURL, keys: ClientKeys | None
+) -> trio.abc.Stream:
+    """``stream`` after the RSA handshake (unchanged without ``keys``)."""
+    if keys is None:
+        return stream
+    from trio_periodic.transport.rsa.stream import client_handshake
+
+    try:
+        return await client_handshake(stream, keys)
+    except (RsaProtocolError, trio.BrokenResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        reason = f"RSA handshake failed: {describe(exc)}"
+        raise ConnectError(f"cannot connect to {target}: {reason}") from exc
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
 
 
 async def _open_tls(

@@ -57,6 +57,7 @@ from trio_periodic.client.job import Job, decode_name, encode_name
 from trio_periodic.client.transport import default_url
 from trio_periodic.protocol import Broadcast, CanDo, CantDo, GrabJob
 from trio_periodic.protocol import Job as WireJob
+from trio_periodic.transport.rsa.options import RsaOptions
 
 __all__ = ["Handler", "Worker"]
 
@@ -173,16 +174,19 @@ class Worker:
         ping_interval: float = PING_INTERVAL,
         max_backoff: float = 3.0,
         ssl_context: ssl.SSLContext | None = None,
+        rsa: RsaOptions | None = None,
     ) -> None:
         """``url`` defaults to ``$PERIODIC_PORT`` or ``unix:///tmp/periodic.sock``.
 
         ``name``/``token`` register with an identity (type 4).  ``timeout``
         bounds connecting and every request; reconnection waits double from
         0.1 s up to ``max_backoff`` seconds.  ``ssl_context`` serves
-        ``tls://`` and ``wss://`` URLs (default: the system's CAs).
+        ``tls://`` and ``wss://`` URLs (default: the system's CAs); ``rsa``
+        speaks periodicd's RSA transport on ``tcp://`` and ``unix://`` URLs.
         """
         self.url = url or default_url()
         self.ssl_context = ssl_context
+        self.rsa = rsa
         self._registration = identity_registration(True, name, token)
         self.timeout = timeout
         self.ping_interval = ping_interval
@@ -288,6 +292,7 @@ class Worker:
                         timeout=self.timeout,
                         ping_interval=self.ping_interval,
                         ssl_context=self.ssl_context,
+                        rsa=self.rsa,
                     ) as conn:
                         await self._session(conn, size, on_ready)
                 except PeriodicError as exc:

@@ -50,6 +50,7 @@ from trio_periodic.transport.listeners import (
     open_unix,
     parse_http_address,
     parse_listen_url,
+    rsa_keys,
     serve_websocket_stream,
     tls_context,
 )
@@ -75,6 +76,9 @@ class Server:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_client_ca: str | None = None,
+        rsa_private_path: str | None = None,
+        rsa_public_path: str | None = None,
+        rsa_allow_legacy: bool = False,
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
@@ -94,6 +98,9 @@ class Server:
         #: The TLS listeners' one context, or None without them (raises ListenError
         #: when they have no usable certificate).
         self.ssl_context = tls_context(secure, tls_cert, tls_key, tls_client_ca)
+        #: The RSA transport's keys, or None: with them every tcp:// and unix://
+        #: connection handshakes first (raises ListenError for unusable key files).
+        self.rsa = rsa_keys(rsa_private_path, rsa_public_path, rsa_allow_legacy)
         self.core = Scheduler()
         self.service: SchedulerService
         #: Built in run(), once the scheduler service exists.
@@ -205,12 +212,12 @@ class Server:
             for listener in listeners:
                 host, port = listener.socket.getsockname()[:2]
                 self._announce(f"tcp://{_fmt_host(host)}:{port}")
-            nursery.start_soon(self._serve_listeners, self._serve_socket, listeners)
+            nursery.start_soon(self._serve_listeners, self._socket_handler(), listeners)
         elif url.scheme == "unix":
             listener = await open_unix(url)
             self._unix_paths.append(url.path)
             self._announce(f"unix://{url.path}")
-            nursery.start_soon(self._serve_listeners, self._serve_socket, [listener])
+            nursery.start_soon(self._serve_listeners, self._socket_handler(), [listener])
         elif url.scheme == "tls":
             assert self.ssl_context is not None
             listeners = await open_tcp(url)
@@ -267,6 +274,15 @@ class Server:
         else:
             nursery.start_soon(self._serve_listeners, self._serve_http, listeners)
 
+    def _socket_handler(self) -> Callable[[Any], Awaitable[None]]:
+        """tcp:// and unix:// connections: behind the RSA handshake (run in the
+        connection's own task) when the server has RSA keys, as periodicd."""
+        if self.rsa is None:
+            return self._serve_socket
+        from trio_periodic.transport.rsa.stream import after_rsa_handshake
+
+        return after_rsa_handshake(self._serve_socket, self.rsa, _peer_name)
+
     def _announce(self, url: str) -> None:
         self.bound.append(url)
         log.info("listening on %s", url)
@@ -317,15 +333,9 @@ class Server:
         raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         await self.http.serve(stream, peer=peer_name(raw))
 
-    async def _serve_socket(
-        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-    ) -> None:
-        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-        try:
-            peer = raw.socket.getpeername()
-        except OSError:
-            peer = "?"
-        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"
+    async def _serve_socket(self, stream: trio.abc.Stream) -> None:
+        """A tcp:// or unix:// connection (under TLS or RSA, maybe): HTTP or Periodic."""
+        name = _peer_name(stream)
         # The seed served its curl interface on the protocol port: a first
         # read that starts like an HTTP request goes to the HTTP API.
         first = b""
@@ -358,6 +368,17 @@ class Server:
         remote = ws.remote
         name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
         await ServerSideConnection(self._conn_context, WebSocketFrameStream(ws, name)).serve()
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    """The peer's name for log lines, from the socket under any TLS or RSA layer."""
+    while not isinstance(stream, trio.SocketStream):
+        stream = stream.transport_stream  # type: ignore[attr-defined]
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        peer = "?"
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"
 
 
 def _fmt_host(host: str) -> str:

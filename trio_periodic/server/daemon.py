@@ -49,6 +49,9 @@ async def serve(hosts: Sequence[str], options: ServerOptions) -> None:
         tls_cert=options.tls_cert,
         tls_key=options.tls_key,
         tls_client_ca=options.tls_client_ca,
+        rsa_private_path=options.rsa_private_path,
+        rsa_public_path=options.rsa_public_path,
+        rsa_allow_legacy=options.rsa_allow_legacy,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, server)

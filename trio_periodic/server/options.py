@@ -89,6 +89,18 @@ class ServerOptions:
     tls_client_ca: Annotated[str | None, Parameter(name="--tls-client-ca")] = None
     """PEM CA certificates: TLS listeners then require client certificates signed by them."""
 
+    rsa_private_path: Annotated[str | None, Parameter(name="--rsa-private-path")] = None
+    """The server's RSA private key (PKCS#1 PEM, as `periodic keygen` writes): every
+    tcp:// and unix:// connection must then complete periodicd's RSA handshake."""
+
+    rsa_public_path: Annotated[str | None, Parameter(name="--rsa-public-path")] = None
+    """The authorised client public keys: a PEM file (several keys allowed) or a
+    directory of *.pem files, read again for every connection (default public_keys.pem)."""
+
+    rsa_allow_legacy: Annotated[bool, Parameter(name="--rsa-allow-legacy", negative=())] = False
+    """Also accept the pre-1.2.8 RSA handshake (aio_periodic 1.0.0). It proves nothing:
+    whoever has an authorised *public* key gets in."""
+
     @property
     def http_address(self) -> str | None:
         """The HTTP listener's address, or None when it is off."""

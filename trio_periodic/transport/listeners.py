@@ -17,12 +17,17 @@ import socket as stdlib_socket
 import ssl
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
 
+from trio_periodic.transport.rsa.options import DEFAULT_SERVER_PUBLIC_PATH, RsaKeyError
 from trio_periodic.transport.tls import TlsError, server_context
 from trio_periodic.transport.urls import PeriodicURL, URLError, parse_url
+
+if TYPE_CHECKING:
+    from trio_periodic.transport.rsa.stream import ServerKeys
 
 
 class ListenError(Exception):
@@ -66,6 +71,29 @@ def tls_context(
     try:
         return server_context(cert, key, client_ca)
     except TlsError as exc:
+        raise ListenError(str(exc)) from None
+
+
+def rsa_keys(
+    private_path: str | None, public_path: str | None, allow_legacy: bool = False
+) -> ServerKeys | None:
+    """The RSA transport's keys (PROTOCOL.md §3), read and checked once; None
+    without a private key.  :class:`ListenError` when a key file cannot be used.
+    The authorised keys default to ``public_keys.pem``, as periodicd's."""
+    if private_path is None:
+        if public_path is not None or allow_legacy:
+            raise ListenError("--rsa-public-path and --rsa-allow-legacy need --rsa-private-path")
+        return None
+    try:
+        from trio_periodic.transport.rsa.stream import ServerKeys
+    except ImportError:
+        raise ListenError(
+            "--rsa-private-path needs the cryptography package: pip install 'trio-periodic[rsa]'"
+        ) from None
+    public_path = public_path or DEFAULT_SERVER_PUBLIC_PATH
+    try:
+        return ServerKeys.load(private_path, public_path, allow_legacy)
+    except RsaKeyError as exc:
         raise ListenError(str(exc)) from None
 
 

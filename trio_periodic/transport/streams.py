@@ -69,9 +69,10 @@ class ByteFrameStream:
         self.peer = peer
         self._initial = initial
         # The try_send fast path writes to the socket directly, so only for a
-        # bare socket: under TLS the bytes must go through the SSL object
-        # (writing plaintext to the socket would break the session), and
-        # try_send returning 0 leaves every write to send().
+        # bare socket: under TLS or the RSA transport (AES, RSA modes) the
+        # bytes must go through the SSL object or the cipher (writing
+        # plaintext to the socket would break the session), and try_send
+        # returning 0 leaves every write to send().
         self._fd: int = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._reads = 0
         # TCP (not Unix) sockets, under TLS too: the socket to send quick ACKs on.
