@@ -43,8 +43,10 @@ from trio_periodic.server.options import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_OUTBOX,
 )
+from trio_periodic.server.origins import OriginError, OriginPolicy
 from trio_periodic.store.base import Store
 from trio_periodic.transport.listeners import (
+    ListenError,
     ListenURL,
     open_tcp,
     open_unix,
@@ -75,6 +77,8 @@ class Server:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_client_ca: str | None = None,
+        http_cors: Sequence[str] = (),
+        ws_origins: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
@@ -94,6 +98,12 @@ class Server:
         #: The TLS listeners' one context, or None without them (raises ListenError
         #: when they have no usable certificate).
         self.ssl_context = tls_context(secure, tls_cert, tls_key, tls_client_ca)
+        try:
+            #: Browser origins allowed on the HTTP API (CORS) and on WebSocket listeners.
+            self.http_cors = OriginPolicy(http_cors)
+            self.ws_origins = OriginPolicy(ws_origins, empty_allows_all=True)
+        except OriginError as exc:
+            raise ListenError(str(exc)) from None
         self.core = Scheduler()
         self.service: SchedulerService
         #: Built in run(), once the scheduler service exists.
@@ -142,7 +152,9 @@ class Server:
             gc.collect()
             gc.freeze()
             self.service = SchedulerService(self.core, self.store, clock)
-            self.http = HttpApi(self.service, auth=self.auth, max_body=self.max_frame_size)
+            self.http = HttpApi(
+                self.service, auth=self.auth, max_body=self.max_frame_size, cors=self.http_cors
+            )
             self._conn_context = ConnectionContext(
                 service=self.service,
                 commands=COMMANDS,
@@ -354,6 +366,11 @@ class Server:
             self._notify()
 
     async def _serve_websocket(self, request: WebSocketRequest) -> None:
+        origin = next((v for k, v in request.headers if k.lower() == b"origin"), None)
+        if not self.ws_origins.allows(origin):
+            log.info("WebSocket from origin %r refused (--ws-origin)", origin)
+            await request.reject(403, body=b"origin not allowed")
+            return
         ws = await request.accept()
         remote = ws.remote
         name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"

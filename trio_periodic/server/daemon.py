@@ -49,6 +49,8 @@ async def serve(hosts: Sequence[str], options: ServerOptions) -> None:
         tls_cert=options.tls_cert,
         tls_key=options.tls_key,
         tls_client_ca=options.tls_client_ca,
+        http_cors=options.http_cors,
+        ws_origins=options.ws_origin,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, server)

@@ -89,6 +89,16 @@ class ServerOptions:
     tls_client_ca: Annotated[str | None, Parameter(name="--tls-client-ca")] = None
     """PEM CA certificates: TLS listeners then require client certificates signed by them."""
 
+    http_cors: Annotated[tuple[str, ...], Parameter(name="--http-cors")] = ()
+    """A web origin (scheme://host[:port]) whose pages may call the HTTP API from a browser
+    (CORS); repeat for more, "*" for any. Default: none. The client module /periodic.js
+    is always served to any origin."""
+
+    ws_origin: Annotated[tuple[str, ...], Parameter(name="--ws-origin")] = ()
+    """Allow browser pages of only this origin on ws:// and wss:// listeners (a disallowed
+    Origin gets 403 at the upgrade); repeat for more. Default: any. Clients that send no
+    Origin (Node, Python) are not affected."""
+
     @property
     def http_address(self) -> str | None:
         """The HTTP listener's address, or None when it is off."""
