@@ -35,14 +35,14 @@ def test_add_before_tick_is_a_mistake() -> None:
 
 def test_samples_count_growth_in_the_second_that_ended() -> None:
     ring = Throughput(["submitted", "done"], span=60)
-    ring.sample(1000.001, {"submitted": 7, "done": 3})  # baseline only
+    ring.sample(1000.001, {"submitted": 7, "done": 3})  # counted from zero
     ring.sample(1001.001, {"submitted": 10, "done": 3})
     ring.sample(1002.001, {"submitted": 10, "done": 9})
     # A missed second (a busy process) reads as zero; growth lands in 1003.
     ring.sample(1004.001, {"submitted": 11, "done": 9})
     series = ring.series(5)
     assert series.start == 999
-    assert series.counts == {"submitted": [0, 3, 0, 0, 1], "done": [0, 0, 6, 0, 0]}
+    assert series.counts == {"submitted": [7, 3, 0, 0, 1], "done": [3, 0, 6, 0, 0]}
 
 
 def test_a_lap_around_the_ring_forgets_old_seconds() -> None:

@@ -49,8 +49,8 @@ class Throughput:
         self._stamps = [-1] * span
         #: The current second (whole epoch seconds), once ticked.
         self._second: int | None = None
-        #: The totals at the last sample.
-        self._last: dict[str, int] | None = None
+        #: The totals at the last sample: the counters start at zero with the core.
+        self._last = dict.fromkeys(self.kinds, 0)
 
     # ------------------------------------------------------------ writing
 
@@ -71,13 +71,10 @@ class Throughput:
     def sample(self, now: float, totals: Mapping[str, int]) -> None:
         """Count what ``totals`` grew by since the last sample, in the second
         before ``now`` (call it just after each whole second)."""
-        last = self._last
-        self._last = {kind: totals.get(kind, 0) for kind in self.kinds}
+        last, self._last = self._last, {kind: totals.get(kind, 0) for kind in self.kinds}
         second = math.floor(now) - 1
         if self._second is None or second > self._second:
             self._second = second
-        if last is None:
-            return  # the first sample only sets the baseline
         slot = self._slot(self._second)
         for kind in self.kinds:
             grown = self._last[kind] - last[kind]
