@@ -126,6 +126,6 @@ async def test_metrics_and_dashboard(http_server: tuple[Server, int, int]) -> No
     status, body = await http(port, "GET", "/api/status")
     assert json.loads(body)[0]["func"] == "m"
     status, body = await http(port, "GET", "/dashboard")
-    assert status == 200 and b"/api/status" in body
+    assert status == 200 and b"/api/events" in body
     assert (await http(port, "GET", "/periodic.js"))[0] == 200
     assert (await http(port, "PUT", "/m"))[0] == 405

@@ -105,6 +105,21 @@ def test_golden_bytes() -> None:
     run_script("golden.mjs")
 
 
+def test_type_declarations_cover_the_module() -> None:
+    """periodic.d.ts declares every export of periodic.js and every public method."""
+    listed = json.loads(run_script("exports.mjs").stdout)
+    types = resources.files("trio_periodic").joinpath("static", "periodic.d.ts").read_text()
+    kinds = r"(?:const|function|class|type|interface)"
+    declared = set(re.findall(rf"export (?:declare )?{kinds} (\w+)", types))
+    declared |= {alias for _, alias in re.findall(r"(\w+) as (\w+)", types)}
+    missing = [name for name in listed["exports"] if name not in declared]
+    assert not missing, f"exports missing from periodic.d.ts: {missing}"
+    for cls, methods in listed["members"].items():
+        for method in methods:
+            found = re.search(rf"\b{method}\b[(<?:]", types)
+            assert found, f"{cls}.{method} missing from periodic.d.ts"
+
+
 def test_worker_and_client_round_trip(ws_daemon: tuple[DaemonProcess, str]) -> None:
     """submit → done, runJob results, schedLater re-run, fail retry, status, broadcast."""
     run_script("roundtrip.mjs", ws_daemon[1])
@@ -212,6 +227,63 @@ def test_server_going_away(ws_daemon: tuple[DaemonProcess, str]) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+
+
+def test_python_names_locks_config_and_stop(ws_daemon: tuple[DaemonProcess, str]) -> None:
+    """Client/Worker/Job aliases, positional workloads, later, check, config, locks, stop()."""
+    run_script("api.mjs", ws_daemon[1])
+
+
+def test_identities_from_the_auth_file(tmp_path: Path) -> None:
+    """{name, token} registers as types 3/4; no, wrong or mismatched identities are refused."""
+    node_cmd()
+    rules = tmp_path / "auth.txt"
+    rules.write_text("client alice a-token js\nworker bob b-token js\n")
+    d = start_daemon("-p", ":memory:", "-H", "ws://127.0.0.1:0", "--auth-file", str(rules))
+    try:
+        run_script("auth.mjs", _announced(d, "ws"))
+    finally:
+        _stop(d)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_worker_reconnects_to_a_restarted_server() -> None:
+    """A worker whose server restarts on the same port reconnects and runs new jobs."""
+    node_cmd()
+    ws = f"ws://127.0.0.1:{_free_port()}"
+    d = start_daemon("-p", ":memory:", "-H", ws)
+    cmd = [*node_cmd(), str(JS_DIR / "reconnect.mjs"), ws]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _read_line(proc) == "ready"
+        trio.run(_submit, d.port, b"before")
+        assert _read_line(proc) == "job before"
+        _stop(d)
+        assert _read_line(proc) == "lost"
+        d = start_daemon("-p", ":memory:", "-H", ws)
+        trio.run(_submit, d.port, b"after")
+        assert _read_line(proc) == "job after"
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    finally:
+        _stop(d)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+async def _submit(port: int, name: bytes) -> None:
+    with trio.fail_after(TIMEOUT):
+        conn = await RawConn.open(("127.0.0.1", port))
+        try:
+            assert await conn.request(1, p.SubmitJob(Job(b"rc", name))) == p.Success()
+        finally:
+            await conn.aclose()
 
 
 def test_http_serves_module() -> None:

@@ -507,6 +507,20 @@ class Scheduler:
             self.changes.append(DeleteJob(func, name))
         self._notify(func, name, RESULT_REMOVED)
 
+    def run_now(self, func: bytes, name: bytes, now: float) -> bool:
+        """Make a pending job due at ``now`` (the dashboard's "run now").
+
+        False when the job is not pending (a worker or a lock holds it); a
+        job that is due already keeps its place in the queue."""
+        entry = self.entry(func, name)
+        if entry is None or entry.state is not PENDING:
+            return False
+        if entry.run_at > now:
+            entry.sched_at = int(now)
+            self._requeue(entry, now, release=False)
+            self.changes.append(PutJob(entry.snapshot()))
+        return True
+
     def drop_func(self, func: bytes) -> bool:
         """DROP_FUNC: only a known function with no worker is dropped."""
         fs = self.funcs.get(func)

@@ -16,6 +16,9 @@ effects and store changes, and returns them.  The handler makes the changes
 durable with ``commit`` before it sends any acknowledgement, and only then
 routes the effects with ``deliver``.
 
+Once a second ``_sample_throughput`` copies the core's running totals into
+``throughput``, a ring of per-second counts (the dashboard's rate chart).
+
 Time: the core works in float seconds since the Unix epoch.  ``Clock`` derives
 them from trio's clock plus a fixed offset taken at start, so tests that run
 on ``trio.testing.MockClock`` move both together.
@@ -37,6 +40,7 @@ from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
+from trio_periodic.scheduler.throughput import Throughput
 from trio_periodic.store.base import Change, RemoteChange, SharedStore, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,8 @@ class SchedulerService:
         self._claim_wake = trio.Event()
         self._wake = trio.Event()
         self._sleeping_until = math.inf
+        #: Per-second counts of the core's counters over the last minutes.
+        self.throughput = Throughput(core.counters)
 
     # ------------------------------------------------------------ batches
 
@@ -228,8 +234,16 @@ class SchedulerService:
             if self.cluster is not None:
                 await nursery.start(partial(self.cluster.watch, self.remote_changes))
                 nursery.start_soon(self._claimer)
+            nursery.start_soon(self._sample_throughput)
             task_status.started()
             await self._wake_loop()
+
+    async def _sample_throughput(self) -> None:
+        """Just after each whole second, count what the core's totals grew by."""
+        while True:
+            self.throughput.sample(self.clock.now(), self.core.counters)
+            next_second = math.floor(self.clock.now()) + 1
+            await trio.sleep_until(self.clock.to_trio(next_second) + 0.001)
 
     async def _wake_loop(self) -> None:
         core = self.core

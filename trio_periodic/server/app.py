@@ -43,8 +43,10 @@ from trio_periodic.server.options import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_OUTBOX,
 )
+from trio_periodic.server.origins import OriginError, OriginPolicy
 from trio_periodic.store.base import Store
 from trio_periodic.transport.listeners import (
+    ListenError,
     ListenURL,
     open_tcp,
     open_unix,
@@ -79,6 +81,8 @@ class Server:
         rsa_private_path: str | None = None,
         rsa_public_path: str | None = None,
         rsa_allow_legacy: bool = False,
+        http_cors: Sequence[str] = (),
+        ws_origins: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.urls = [parse_listen_url(h) for h in hosts]
@@ -101,6 +105,12 @@ class Server:
         #: The RSA transport's keys, or None: with them every tcp:// and unix://
         #: connection handshakes first (raises ListenError for unusable key files).
         self.rsa = rsa_keys(rsa_private_path, rsa_public_path, rsa_allow_legacy)
+        try:
+            #: Browser origins allowed on the HTTP API (CORS) and on WebSocket listeners.
+            self.http_cors = OriginPolicy(http_cors)
+            self.ws_origins = OriginPolicy(ws_origins, empty_allows_all=True)
+        except OriginError as exc:
+            raise ListenError(str(exc)) from None
         self.core = Scheduler()
         self.service: SchedulerService
         #: Built in run(), once the scheduler service exists.
@@ -149,7 +159,9 @@ class Server:
             gc.collect()
             gc.freeze()
             self.service = SchedulerService(self.core, self.store, clock)
-            self.http = HttpApi(self.service, auth=self.auth, max_body=self.max_frame_size)
+            self.http = HttpApi(
+                self.service, auth=self.auth, max_body=self.max_frame_size, cors=self.http_cors
+            )
             self._conn_context = ConnectionContext(
                 service=self.service,
                 commands=COMMANDS,
@@ -364,6 +376,11 @@ class Server:
             self._notify()
 
     async def _serve_websocket(self, request: WebSocketRequest) -> None:
+        origin = next((v for k, v in request.headers if k.lower() == b"origin"), None)
+        if not self.ws_origins.allows(origin):
+            log.info("WebSocket from origin %r refused (--ws-origin)", origin)
+            await request.reject(403, body=b"origin not allowed")
+            return
         ws = await request.accept()
         remote = ws.remote
         name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"

@@ -52,6 +52,8 @@ async def serve(hosts: Sequence[str], options: ServerOptions) -> None:
         rsa_private_path=options.rsa_private_path,
         rsa_public_path=options.rsa_public_path,
         rsa_allow_legacy=options.rsa_allow_legacy,
+        http_cors=options.http_cors,
+        ws_origins=options.ws_origin,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, server)

@@ -21,10 +21,27 @@ Routes (paths are percent-decoded; a query string is never part of a name):
 ``POST /periodic/remove/<func>/<name>/``   remove
 ``POST /periodic/drop/<func>/``            drop
 ``GET /metrics``                           Prometheus text format
-``GET /api/status``                        JSON list for scripts and the dashboard
-``GET /dashboard``                         a small live status page
-``GET /periodic.js``                       the browser / Node WebSocket client module
+``GET /api/status``                        JSON list for scripts
+``GET /api/overview``                      functions, workers, totals and rates (JSON)
+``GET /api/funcs``                         one row per function (JSON)
+``GET /api/funcs/<func>``                  one function's row (JSON)
+``GET /api/funcs/<func>/jobs``             a page of a function's jobs (JSON)
+``GET /api/workers``                       the worker connections (JSON)
+``GET /api/throughput``                    events per second over the last minutes
+``GET /api/events``                        the overview once a second (server-sent events)
+``POST /api/funcs/<func>/jobs/<name>/run`` make a pending job due now
+``DELETE /api/funcs/<func>/jobs/<name>``   remove a job
+``DELETE /api/funcs/<func>``               drop a function that has no worker
+``GET /dashboard``                         the live dashboard (one page, no assets)
+``GET /periodic.js``, ``/periodic.d.ts``   the browser / Node client module and its types
 =========================================  ===================================
+
+Browsers: the client module is public and cross-origin (``*``).  The rest
+answers CORS, preflights included, only for the origins in ``cors``
+(``--http-cors``); a request that changes something and carries an
+``Origin`` that is neither the server's own nor listed is refused (403)
+before anything else, so that no other web page can make a visitor's
+browser submit or delete jobs.
 """
 
 from __future__ import annotations
@@ -32,7 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -47,7 +64,10 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import Data
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import SchedulerService
+from trio_periodic.scheduler.state import ConnState
+from trio_periodic.server import dashboard
 from trio_periodic.server.auth import AuthFile, Identity, permits
+from trio_periodic.server.origins import OriginPolicy, same_origin
 from trio_periodic.store.base import StoreError
 
 log = logging.getLogger(__name__)
@@ -63,8 +83,20 @@ IDLE_TIMEOUT = 60
 REQUEST_TIMEOUT = 30
 #: The challenge sent with 401 when an auth file is in force.
 AUTH_CHALLENGE = ("WWW-Authenticate", 'Basic realm="periodic"')
-#: Routes anyone may fetch, auth file or not: the client library's code, no data.
-PUBLIC_ROUTES = frozenset({b"/periodic.js"})
+#: Routes anyone may fetch, from any origin, auth file or not: the client
+#: library's code and its types, no data.
+PUBLIC_ROUTES = frozenset({b"/periodic.js", b"/periodic.d.ts"})
+#: Methods that change nothing (no cross-origin check).
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+#: What a listed origin may send (answer to a CORS preflight).
+CORS_METHODS = "GET, POST, DELETE"
+CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+#: Seconds a browser may cache a preflight answer.
+CORS_MAX_AGE = "600"
+#: Seconds between two server-sent events of /api/events.
+EVENT_INTERVAL = 1.0
+#: Seconds of throughput history the overview carries unless asked otherwise.
+DEFAULT_HISTORY = 300
 #: First bytes of a request that mark a connection on the binary port as HTTP.
 HTTP_PREFIXES = (b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b"OPTI", b"PATC")
 
@@ -75,6 +107,8 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: A streamed body (server-sent events): its chunks are sent as they come.
+    stream: Callable[[], AsyncIterator[bytes]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +181,35 @@ class _Refused(Exception):
         self.response = response
 
 
+def _header(request: h11.Request, name: bytes) -> bytes | None:
+    return next((value for key, value in request.headers if key == name), None)
+
+
+def _is_preflight(request: h11.Request, origin: bytes | None) -> bool:
+    return (
+        request.method == b"OPTIONS"
+        and origin is not None
+        and _header(request, b"access-control-request-method") is not None
+    )
+
+
+def _query_int(query: dict[bytes, list[bytes]], key: bytes, default: int) -> int:
+    raw = query.get(key, [b""])[0].strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise HttpError(400, f"{key.decode()} must be an integer, got {_text(raw)!r}") from None
+
+
+def _describe(conn: ConnState) -> str:
+    """A worker connection's peer address, for the dashboard."""
+    stream = getattr(conn.sink, "stream", None)
+    peer = getattr(stream, "peer", None)
+    return str(peer) if peer else f"connection {conn.conn_id}"
+
+
 def _int_field(form: dict[bytes, list[bytes]], key: bytes) -> int:
     raw = form.get(key, [b""])[0].strip()
     if not raw:
@@ -164,12 +227,15 @@ class HttpApi:
         *,
         auth: AuthFile | None = None,
         max_body: int = MAX_BODY,
+        cors: OriginPolicy | None = None,
     ) -> None:
         self.service = service
         self.core: Scheduler = service.core
         #: With an auth file every request but PUBLIC_ROUTES needs Basic credentials.
         self.auth = auth
         self.max_body = max_body
+        #: Origins whose pages may call the API from a browser (--http-cors).
+        self.cors = cors if cors is not None else OriginPolicy()
 
     # -------------------------------------------------------------- serving
 
@@ -187,9 +253,16 @@ class HttpApi:
                     return
                 if request is None:
                     return
+                origin = _header(request, b"origin")
                 try:
-                    caller = self._authenticate(request, peer)
-                    response = await self.route(request.method, request.target, body, caller)
+                    self._check_origin(request, origin)
+                    if _is_preflight(request, origin):
+                        response = self._preflight(request, origin)
+                    else:
+                        caller = self._authenticate(request, peer)
+                        response = await self.route(
+                            request.method, request.target, body, caller
+                        )
                 except HttpError as exc:
                     response = _error(exc.status, str(exc))
                     if exc.status == 401:
@@ -197,6 +270,7 @@ class HttpApi:
                 except StoreError as exc:
                     log.error("store error in HTTP request: %s", exc)
                     response = _error(503, f"store unavailable: {exc}")
+                response.headers += self._cors_headers(request, origin)
                 await self._send(conn, stream, response)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
@@ -205,6 +279,49 @@ class HttpApi:
             log.debug("HTTP connection ended: %s", exc)
         finally:
             await trio.aclose_forcefully(stream)
+
+    # ----------------------------------------------------------------- CORS
+
+    def _check_origin(self, request: h11.Request, origin: bytes | None) -> None:
+        """Refuse a change asked by a page of a foreign, unlisted origin."""
+        if origin is None or request.method in SAFE_METHODS:
+            return
+        if same_origin(origin, _header(request, b"host")) or self.cors.allows(origin):
+            return
+        raise HttpError(
+            403, f"requests from {origin.decode('latin-1')} are not allowed (see --http-cors)"
+        )
+
+    def _preflight(self, request: h11.Request, origin: bytes | None) -> Response:
+        """Answer a CORS preflight: 204 for a listed origin (headers added by
+        _cors_headers), 403 for any other."""
+        path = urlsplit(request.target).path
+        if path in PUBLIC_ROUTES or (self.cors and self.cors.allows(origin)):
+            return Response(204, content_type="text/plain")
+        raise HttpError(403, "origin not allowed (see --http-cors)")
+
+    def _cors_headers(self, request: h11.Request, origin: bytes | None) -> list[tuple[str, str]]:
+        if urlsplit(request.target).path in PUBLIC_ROUTES:
+            headers = [("Access-Control-Allow-Origin", "*")]
+            if request.method == b"OPTIONS":
+                headers.append(("Access-Control-Allow-Methods", "GET"))
+            return headers
+        if origin is None or not self.cors or not self.cors.allows(origin):
+            return []
+        headers = [
+            ("Access-Control-Allow-Origin", origin.decode("latin-1")),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Vary", "Origin"),
+        ]
+        if request.method == b"OPTIONS":
+            headers += [
+                ("Access-Control-Allow-Methods", CORS_METHODS),
+                ("Access-Control-Allow-Headers", CORS_HEADERS),
+                ("Access-Control-Max-Age", CORS_MAX_AGE),
+            ]
+        return headers
+
+    # ----------------------------------------------------------------- auth
 
     def _authenticate(self, request: h11.Request, peer: str) -> Caller:
         if self.auth is None:
@@ -269,6 +386,9 @@ class HttpApi:
     async def _send(
         self, conn: h11.Connection, stream: trio.abc.Stream, response: Response
     ) -> None:
+        if response.stream is not None:
+            await self._send_stream(conn, stream, response, response.stream)
+            return
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
@@ -279,6 +399,25 @@ class HttpApi:
         data += conn.send(h11.Data(data=response.body)) if response.body else b""
         data += conn.send(h11.EndOfMessage())
         await stream.send_all(data)
+
+    async def _send_stream(
+        self,
+        conn: h11.Connection,
+        stream: trio.abc.Stream,
+        response: Response,
+        chunks: Callable[[], AsyncIterator[bytes]],
+    ) -> None:
+        """A body of unknown length (chunked): each chunk leaves as it comes."""
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Cache-Control", "no-store"),
+            ("Server", "trio-periodic"),
+            *response.headers,
+        ]
+        await stream.send_all(conn.send(h11.Response(status_code=response.status, headers=headers)))
+        async for chunk in chunks():
+            await stream.send_all(conn.send(h11.Data(data=chunk)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
 
     # -------------------------------------------------------------- routing
 
@@ -298,6 +437,8 @@ class HttpApi:
             return response
         if parts and parts[0] == b"periodic" and len(parts) >= 2:
             return await self._bridge(method, parts[1:], query, body, caller)
+        if len(parts) >= 3 and parts[0] == b"api" and parts[1] == b"funcs":
+            return await self._api_func(method, parts[2:], query, caller)
         if len(parts) > 1:
             raise HttpError(404, "no such route")
         func = parts[0] if parts else b""
@@ -475,21 +616,140 @@ class HttpApi:
         rows = self._visible_rows(caller)
         return _json(200, [{**row._asdict(), "func": _text(row.func)} for row in rows])
 
-    async def _asset(self, name: str, content_type: str) -> Response:
+    # ------------------------------------------------------------ dashboard
+
+    def _now(self) -> float:
+        return self.service.clock.now()
+
+    def _overview(self, caller: Caller, seconds: int) -> dict[str, Any]:
+        now = self._now()
+        visible = caller.visible
+        series = self.service.throughput.series(seconds, dashboard.CHART_KINDS)
+        return {
+            "now": now,
+            "draining": self.core.draining,
+            "funcs": dashboard.funcs_view(self.core, now, visible),
+            "workers": dashboard.workers_view(self.core, now, _describe, visible),
+            "totals": dict(self.core.counters),
+            "throughput": series.as_json(),
+        }
+
+    async def _api_overview(self, query: Any, body: bytes, caller: Caller) -> Response:
+        return _json(200, self._overview(caller, _query_int(query, b"seconds", DEFAULT_HISTORY)))
+
+    async def _api_funcs(self, query: Any, body: bytes, caller: Caller) -> Response:
+        return _json(200, dashboard.funcs_view(self.core, self._now(), caller.visible))
+
+    async def _api_workers(self, query: Any, body: bytes, caller: Caller) -> Response:
+        now = self._now()
+        return _json(200, dashboard.workers_view(self.core, now, _describe, caller.visible))
+
+    async def _api_throughput(self, query: Any, body: bytes, caller: Caller) -> Response:
+        seconds = _query_int(query, b"seconds", DEFAULT_HISTORY)
+        kinds = [k.decode() for k in query.get(b"kind", [])] or None
+        return _json(200, self.service.throughput.series(seconds, kinds).as_json())
+
+    async def _api_events(self, query: Any, body: bytes, caller: Caller) -> Response:
+        """The overview as server-sent events, once a second, until the client leaves."""
+        seconds = _query_int(query, b"seconds", DEFAULT_HISTORY)
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b"retry: 2000\n\n"
+            while True:
+                data = json.dumps(self._overview(caller, seconds))
+                yield f"event: overview\ndata: {data}\n\n".encode()
+                await trio.sleep(EVENT_INTERVAL)
+
+        return Response(200, content_type="text/event-stream; charset=utf-8", stream=events)
+
+    async def _api_func(
+        self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], caller: Caller
+    ) -> Response:
+        """``/api/funcs/<func>[/jobs[/<name>[/run]]]``."""
+        func, rest = parts[0], parts[1:]
+        if method == b"DELETE" and not rest:
+            caller.require(Cmd.DROP_FUNC, func)
+            if func not in self.core.funcs:
+                raise HttpError(404, f"no function {_text(func)}")
+            return await self._drop(func)
+        visible = caller.visible
+        if method == b"GET" and not rest:
+            if visible is not None and func not in visible:
+                raise HttpError(403, f"{_text(func)} is not among this identity's functions")
+            fs = self.core.funcs.get(func)
+            if fs is None:
+                raise HttpError(404, f"no function {_text(func)}")
+            return _json(200, dashboard.func_row(fs, self._now()))
+        if not rest or rest[0] != b"jobs" or len(rest) > 3:
+            raise HttpError(404, "no such route")
+        if len(rest) == 1:
+            if method != b"GET":
+                raise HttpError(405, "method not allowed")
+            if visible is not None and func not in visible:
+                raise HttpError(403, f"{_text(func)} is not among this identity's functions")
+            state = query.get(b"state", [b""])[0].decode("latin-1") or None
+            if state not in (None, *dashboard.JOB_STATES):
+                raise HttpError(400, f"state must be one of {', '.join(dashboard.JOB_STATES)}")
+            page = dashboard.jobs_view(
+                self.core,
+                func,
+                self._now(),
+                _describe,
+                offset=_query_int(query, b"offset", 0),
+                limit=_query_int(query, b"limit", 50),
+                state=state,
+            )
+            if page is None:
+                raise HttpError(404, f"no function {_text(func)}")
+            return _json(200, page)
+        name = rest[1]
+        if len(rest) == 2 and method == b"DELETE":
+            caller.require(Cmd.REMOVE_JOB, func)
+            if self.core.entry(func, name) is None:
+                raise HttpError(404, f"Job {_text(func)}:{_text(name)} not exists.")
+            self.core.remove_job(func, name)
+            await self._commit()
+            return _ok()
+        if len(rest) == 3 and rest[2] == b"run" and method == b"POST":
+            caller.require(Cmd.SUBMIT_JOB, func)
+            if self.core.entry(func, name) is None:
+                raise HttpError(404, f"Job {_text(func)}:{_text(name)} not exists.")
+            if not self.core.run_now(func, name, self._now()):
+                raise HttpError(409, "the job is held by a worker or waits for a lock")
+            await self._commit()
+            return _ok()
+        raise HttpError(405 if len(rest) in (2, 3) else 404, "method not allowed")
+
+    # ------------------------------------------------------------ assets
+
+    async def _asset(
+        self, name: str, content_type: str, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
         data = resources.files("trio_periodic").joinpath("static", name).read_bytes()
-        return Response(200, data, content_type)
+        return Response(200, data, content_type, headers or [])
 
     async def _dashboard(self, query: Any, body: bytes, caller: Caller) -> Response:
         return await self._asset("dashboard.html", "text/html; charset=utf-8")
 
     async def _javascript(self, query: Any, body: bytes, caller: Caller) -> Response:
-        return await self._asset("periodic.js", "text/javascript; charset=utf-8")
+        # Deno (and editors that honour it) find the types through this header.
+        types = [("X-TypeScript-Types", "./periodic.d.ts")]
+        return await self._asset("periodic.js", "text/javascript; charset=utf-8", types)
+
+    async def _typescript(self, query: Any, body: bytes, caller: Caller) -> Response:
+        return await self._asset("periodic.d.ts", "application/typescript; charset=utf-8")
 
     _static_routes: dict[tuple[bytes, bytes], Callable[..., Any]] = {
         (b"GET", b"/metrics"): _metrics,
         (b"GET", b"/api/status"): _api_status,
+        (b"GET", b"/api/overview"): _api_overview,
+        (b"GET", b"/api/funcs"): _api_funcs,
+        (b"GET", b"/api/workers"): _api_workers,
+        (b"GET", b"/api/throughput"): _api_throughput,
+        (b"GET", b"/api/events"): _api_events,
         (b"GET", b"/dashboard"): _dashboard,
         (b"GET", b"/periodic.js"): _javascript,
+        (b"GET", b"/periodic.d.ts"): _typescript,
     }
 
 

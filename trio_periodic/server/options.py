@@ -100,6 +100,15 @@ class ServerOptions:
     rsa_allow_legacy: Annotated[bool, Parameter(name="--rsa-allow-legacy", negative=())] = False
     """Also accept the pre-1.2.8 RSA handshake (aio_periodic 1.0.0). It proves nothing:
     whoever has an authorised *public* key gets in."""
+    http_cors: Annotated[tuple[str, ...], Parameter(name="--http-cors")] = ()
+    """A web origin (scheme://host[:port]) whose pages may call the HTTP API from a browser
+    (CORS); repeat for more, "*" for any. Default: none. The client module /periodic.js
+    is always served to any origin."""
+
+    ws_origin: Annotated[tuple[str, ...], Parameter(name="--ws-origin")] = ()
+    """Allow browser pages of only this origin on ws:// and wss:// listeners (a disallowed
+    Origin gets 403 at the upgrade); repeat for more. Default: any. Clients that send no
+    Origin (Node, Python) are not affected."""
 
     @property
     def http_address(self) -> str | None:
