@@ -37,6 +37,7 @@ from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
+from trio_periodic.scheduler.state import Assignment
 from trio_periodic.store.base import Change, RemoteChange, SharedStore, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,21 @@ class SchedulerService:
                 batch, self._to_claim = self._to_claim, []
                 self.deliver(await self._claim(list[Effect](batch)))
 
+    def _pending_claim(self, a: Assign) -> Assignment | None:
+        """The assignment ``a`` stands for, if the core still has it (a remote
+        delete, a timeout or a disconnect may have dropped it meanwhile)."""
+        held = a.conn.held.get((a.job.func, a.job.name))
+        return held if held is not None and held.msgid == a.msgid else None
+
+    def _undeliverable(self, a: Assign) -> None:
+        """``a`` will never reach its worker: its slot is free again.
+
+        The core drops an assignment without freeing the slot (a worker that
+        got the job re-arms it itself), but this one was never sent: without
+        this, a job deleted by another server while our claim of it was in
+        flight would take the worker's slot with it, for good."""
+        self.core.add_slot(a.conn, a.msgid)
+
     async def _claim(self, effects: list[Effect]) -> list[Effect]:
         """Cluster mode: only assignments whose claim the store accepted go out.
 
@@ -139,31 +155,38 @@ class SchedulerService:
                 log.error("claiming %d jobs failed: %s", len(assigns), exc)
                 now = self.clock.now()
                 for a in assigns:
-                    held = a.conn.held.get((a.job.func, a.job.name))
-                    if held is not None and held.msgid == a.msgid:
+                    held = self._pending_claim(a)
+                    if held is not None:
                         self.core.claim_failed(held, now + 1.0, now)
+                    else:
+                        self._undeliverable(a)
                 self.poke()
                 return out
             for a in assigns:
                 handle = (a.job.func, a.job.name)
-                if handle in refused:
-                    held = a.conn.held.get(handle)
-                    if held is not None and held.msgid == a.msgid:
-                        self.core.claim_failed(held, refused[handle], now)
+                held = self._pending_claim(a)
+                if held is None:
+                    # Dropped while we claimed: never sent.  (A claim we won
+                    # for it runs out by itself.)
+                    self._undeliverable(a)
+                elif handle in refused:
+                    self.core.claim_failed(held, refused[handle], now)
                 else:
                     out.append(a)
-            if not refused:
-                return out
             self.core.dispatch(self.clock.now())
             effects = self.core.take_effects()
+            if not effects:
+                return out
         # Still contended after several rounds: the assignments not yet claimed
         # go back to pending (never out unclaimed) and the wake-up loop retries.
         for e in effects:
             if isinstance(e, Assign):
-                held = e.conn.held.get((e.job.func, e.job.name))
-                if held is not None and held.msgid == e.msgid:
+                held = self._pending_claim(e)
+                if held is not None:
                     now = self.clock.now()
                     self.core.claim_failed(held, now, now)
+                else:
+                    self._undeliverable(e)
             else:
                 out.append(e)
         self.poke()
