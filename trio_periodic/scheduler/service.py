@@ -38,9 +38,32 @@ from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
 from trio_periodic.scheduler.state import Assignment
-from trio_periodic.store.base import Change, RemoteChange, SharedStore, Store, StoreError
+from trio_periodic.store.base import (
+    Change,
+    DeleteFunc,
+    DeleteJob,
+    PutJob,
+    RemoteChange,
+    RemoteDelete,
+    RemoteDropFunc,
+    RemoteJob,
+    SharedStore,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
+
+#: Cluster mode: jobs claimed ahead of the slots that will take them, so that
+#: most assignments go out without a round trip to the database.  A claim
+#: round tops the stock up to CLAIM_AHEAD once it fell below CLAIM_LOW.  If
+#: the server dies, these wait for their lease like its running jobs.
+CLAIM_AHEAD = 64
+CLAIM_LOW = 32
+#: A job claimed ahead is handed out without a new claim only within this many
+#: seconds of its claim: its lease (timeout + LEASE_GRACE from the claim) then
+#: still outlasts the worker's timeout by LEASE_GRACE / 2.
+AHEAD_FRESH = LEASE_GRACE / 2
 
 
 class Clock:
@@ -80,6 +103,10 @@ class SchedulerService:
         # Cluster mode: assignments waiting for their claim (see _claimer).
         self._to_claim: list[Assign] = []
         self._claim_wake = trio.Event()
+        #: Cluster mode: jobs claimed ahead and not handed out yet, with the
+        #: epoch second their claim started.
+        self._ahead: dict[tuple[bytes, bytes], float] = {}
+        self._refill = False
         self._wake = trio.Event()
         self._sleeping_until = math.inf
 
@@ -90,7 +117,23 @@ class SchedulerService:
         core = self.core
         core.dispatch(self.clock.now())
         self.poke()
-        return core.take_effects(), core.take_changes()
+        changes = core.take_changes()
+        if self._ahead and changes:
+            self._forget_ahead(changes)
+        return core.take_effects(), changes
+
+    def _forget_ahead(self, changes: Sequence[Change]) -> None:
+        """Our own put clears our claim on the row (and a delete removes it):
+        such a job must be claimed again before it goes out."""
+        ahead = self._ahead
+        for c in changes:
+            if isinstance(c, PutJob):
+                ahead.pop((c.job.func, c.job.name), None)
+            elif isinstance(c, DeleteJob):
+                ahead.pop((c.func, c.name), None)
+            elif isinstance(c, DeleteFunc):
+                for handle in [h for h in ahead if h[0] == c.func]:
+                    del ahead[handle]
 
     async def commit(self, changes: Sequence[Change]) -> None:
         """Make changes durable (a no-op for the memory store)."""
@@ -99,24 +142,64 @@ class SchedulerService:
 
     async def publish(self, effects: list[Effect]) -> None:
         """Deliver a batch's effects.  When the store is shared with other
-        servers, assignments go to the claimer task instead, which claims
-        everything queued meanwhile in one transaction before it delivers."""
-        if self.shared:
-            assigns = [e for e in effects if isinstance(e, Assign)]
-            if assigns:
-                effects = [e for e in effects if not isinstance(e, Assign)]
-                self._to_claim.extend(assigns)
-                self._claim_wake.set()
+        servers, assignments of jobs claimed ahead go out at once; the others
+        go to the claimer task, which claims everything queued meanwhile
+        (and the next due jobs) in one transaction before it delivers."""
+        self._publish_now(effects)
+
+    def _publish_now(self, effects: list[Effect]) -> None:
+        if self.shared and any(isinstance(e, Assign) for e in effects):
+            effects = self._take_claimed(effects)
         self.deliver(effects)
+
+    def _take_claimed(self, effects: list[Effect]) -> list[Effect]:
+        """The effects that may go out now; queue the assignments that need a claim."""
+        ready, need = self._split_claimed(effects)
+        self._to_claim += need
+        if need or len(self._ahead) < CLAIM_LOW:
+            self._refill = len(self._ahead) < CLAIM_LOW
+            self._claim_wake.set()
+        return ready
+
+    def _split_claimed(self, effects: list[Effect]) -> tuple[list[Effect], list[Assign]]:
+        """(what may go out now, the assignments that still need a claim)."""
+        ready: list[Effect] = []
+        need: list[Assign] = []
+        ahead = self._ahead
+        fresh_after = self.clock.now() - AHEAD_FRESH
+        for e in effects:
+            if isinstance(e, Assign):
+                claimed_at = ahead.pop((e.job.func, e.job.name), None)
+                if claimed_at is None or claimed_at < fresh_after:
+                    need.append(e)
+                    continue
+            ready.append(e)
+        return ready, need
 
     async def _claimer(self) -> None:
         """Cluster mode: claim queued assignments in batches, then deliver them."""
         while True:
             await self._claim_wake.wait()
             self._claim_wake = trio.Event()
-            while self._to_claim:
+            while self._to_claim or self._refill:
                 batch, self._to_claim = self._to_claim, []
+                self._refill = False
                 self.deliver(await self._claim(list[Effect](batch)))
+
+    def _extras(
+        self, now: float, claims: dict[tuple[bytes, bytes], float]
+    ) -> dict[tuple[bytes, bytes], float]:
+        """The due jobs to claim ahead along with ``claims``: enough to top the
+        stock up to CLAIM_AHEAD (stale entries are claimed again)."""
+        ahead = self._ahead
+        stale = [h for h, at in ahead.items() if at < now - AHEAD_FRESH]
+        for handle in stale:
+            del ahead[handle]
+        if len(ahead) >= CLAIM_LOW and not stale:
+            return {}
+        skip = ahead.keys() | claims.keys()
+        due = self.core.due_pending(now, CLAIM_AHEAD - len(ahead), skip)
+        return {(f, n): now + timeout + LEASE_GRACE for f, n, timeout in due}
 
     def _pending_claim(self, a: Assign) -> Assignment | None:
         """The assignment ``a`` stands for, if the core still has it (a remote
@@ -140,12 +223,14 @@ class SchedulerService:
         job to it, which needs a claim of its own, hence the loop."""
         out: list[Effect] = []
         for _ in range(8):
-            assigns = [e for e in effects if isinstance(e, Assign)]
-            out += [e for e in effects if not isinstance(e, Assign)]
-            if not assigns:
-                return out
+            ready, assigns = self._split_claimed(effects)
+            out += ready
             now = self.clock.now()
             claims = {(a.job.func, a.job.name): now + a.job.timeout + LEASE_GRACE for a in assigns}
+            extras = self._extras(now, claims)
+            if not claims and not extras:
+                return out
+            claims.update(extras)
             assert self.cluster is not None
             try:
                 refused = await self.cluster.claim([(f, n, t) for (f, n), t in claims.items()])
@@ -162,6 +247,9 @@ class SchedulerService:
                         self._undeliverable(a)
                 self.poke()
                 return out
+            for handle in extras:
+                if handle not in refused:
+                    self._ahead[handle] = now
             for a in assigns:
                 handle = (a.job.func, a.job.name)
                 held = self._pending_claim(a)
@@ -194,6 +282,18 @@ class SchedulerService:
 
     def remote_changes(self, changes: list[RemoteChange]) -> None:
         """Called (on the trio thread) with what other servers changed."""
+        ahead = self._ahead
+        if ahead:
+            # A row another server changed is not (or no longer) claimed by us.
+            for c in changes:
+                if isinstance(c, RemoteJob | RemoteDelete):
+                    ahead.pop(
+                        (c.job.func, c.job.name) if isinstance(c, RemoteJob) else (c.func, c.name),
+                        None,
+                    )
+                elif isinstance(c, RemoteDropFunc):
+                    for handle in [h for h in ahead if h[0] == c.func]:
+                        del ahead[handle]
         self.core.remote_apply(changes, self.clock.now())
         self._wake.set()
 
@@ -220,13 +320,11 @@ class SchedulerService:
             rearmed |= outbox.flush_eagerly()
         if not rearmed:
             return
-        if self.shared:
-            self.poke()  # assignments need a claim: the wake-up loop does it
-            return
         self.core.dispatch(self.clock.now())
         effects = self.core.take_effects()
         if effects:
-            self.deliver(effects)
+            # Cluster mode: jobs claimed ahead go out now, the others via the claimer.
+            self._publish_now(effects)
 
     async def settle(self) -> None:
         """Finish a batch that has no acknowledgement waiting on it (slots
