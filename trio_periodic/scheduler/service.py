@@ -107,6 +107,17 @@ class SchedulerService:
         #: epoch second their claim started.
         self._ahead: dict[tuple[bytes, bytes], float] = {}
         self._refill = False
+        #: Cluster mode: puts being committed, by handle (how many), and an
+        #: event replaced after each commit.
+        self._committing: dict[tuple[bytes, bytes], int] = {}
+        #: Cluster mode: puts that claim their job (PutJob.lease) being
+        #: committed: handle → (when the claim was asked, the assignment).
+        self._put_claims: dict[tuple[bytes, bytes], tuple[float, Assign]] = {}
+        self._claims_on_put = hasattr(store, "put_claims_refused")
+        #: While a claim ahead is in flight: the jobs put, deleted or changed
+        #: elsewhere meanwhile (their claim ahead is not to be trusted).
+        self._claiming: set[tuple[bytes, bytes]] | None = None
+        self._committed = trio.Event()
         self._wake = trio.Event()
         self._sleeping_until = math.inf
 
@@ -117,28 +128,106 @@ class SchedulerService:
         core = self.core
         core.dispatch(self.clock.now())
         self.poke()
-        changes = core.take_changes()
-        if self._ahead and changes:
-            self._forget_ahead(changes)
-        return core.take_effects(), changes
+        effects, changes = core.take_effects(), core.take_changes()
+        if changes and self.shared:
+            if self._ahead or self._claiming is not None:
+                self._forget_ahead(changes)
+            if self._claims_on_put and effects:
+                changes = self._claim_on_put(effects, changes)
+        return effects, changes
 
     def _forget_ahead(self, changes: Sequence[Change]) -> None:
         """Our own put clears our claim on the row (and a delete removes it):
         such a job must be claimed again before it goes out."""
-        ahead = self._ahead
+        gone: list[tuple[bytes, bytes]] = []
         for c in changes:
             if isinstance(c, PutJob):
-                ahead.pop((c.job.func, c.job.name), None)
+                gone.append((c.job.func, c.job.name))
             elif isinstance(c, DeleteJob):
-                ahead.pop((c.func, c.name), None)
+                gone.append((c.func, c.name))
             elif isinstance(c, DeleteFunc):
-                for handle in [h for h in ahead if h[0] == c.func]:
-                    del ahead[handle]
+                gone += [h for h in self._ahead if h[0] == c.func]
+        self._forget(gone)
+
+    def _forget(self, handles: Iterable[tuple[bytes, bytes]]) -> None:
+        ahead, claiming = self._ahead, self._claiming
+        for handle in handles:
+            ahead.pop(handle, None)
+            if claiming is not None:
+                claiming.add(handle)  # a claim ahead in flight must not keep it
+
+    def _claim_on_put(self, effects: list[Effect], changes: list[Change]) -> list[Change]:
+        """Jobs handed out in the batch that puts them: claim them in the same
+        write (``PutJob.lease``), one transaction instead of a put and a claim."""
+        last: dict[tuple[bytes, bytes], int] = {}
+        for i, c in enumerate(changes):
+            if isinstance(c, PutJob):
+                last[(c.job.func, c.job.name)] = i
+            elif isinstance(c, DeleteJob):
+                last.pop((c.func, c.name), None)
+            elif isinstance(c, DeleteFunc):
+                last = {h: j for h, j in last.items() if h[0] != c.func}
+        if not last:
+            return changes
+        now = self.clock.now()
+        out = changes
+        for e in effects:
+            if not isinstance(e, Assign):
+                continue
+            handle = (e.job.func, e.job.name)
+            i = last.pop(handle, -1)
+            if i < 0:
+                continue
+            if out is changes:
+                out = list(changes)
+            put = out[i]
+            assert isinstance(put, PutJob)
+            out[i] = PutJob(put.job, e.job.timeout + LEASE_GRACE)
+            self._put_claims[handle] = (now, e)
+        return out
 
     async def commit(self, changes: Sequence[Change]) -> None:
         """Make changes durable (a no-op for the memory store)."""
-        if changes and self.store.durable:
+        if not changes or not self.store.durable:
+            return
+        if not self.shared:
             await self.store.commit(changes)
+            return
+        # Cluster mode: a job dispatched before its put committed has no row to
+        # claim yet; the claimer waits for these (see _claim).
+        puts = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob)]
+        committing = self._committing
+        for handle in puts:
+            committing[handle] = committing.get(handle, 0) + 1
+        ok = False
+        try:
+            await self.store.commit(changes)
+            ok = True
+        finally:
+            if self._put_claims:
+                self._took_put_claims(changes, ok)
+            for handle in puts:
+                left = committing[handle] - 1
+                if left:
+                    committing[handle] = left
+                else:
+                    del committing[handle]
+            self._committed.set()
+            self._committed = trio.Event()
+
+    def _took_put_claims(self, changes: Sequence[Change], ok: bool) -> None:
+        """After the commit of puts that claimed their job: the ones the store
+        claimed (and that are still assigned) go out without another claim."""
+        refused: set[tuple[bytes, bytes]] = getattr(self.store, "put_claims_refused", set())
+        for c in changes:
+            if not isinstance(c, PutJob) or c.lease is None:
+                continue
+            handle = (c.job.func, c.job.name)
+            claim = self._put_claims.pop(handle, None)
+            if handle in refused:
+                refused.discard(handle)
+            elif ok and claim is not None and self._pending_claim(claim[1]) is not None:
+                self._ahead[handle] = claim[0]
 
     async def publish(self, effects: list[Effect]) -> None:
         """Deliver a batch's effects.  When the store is shared with other
@@ -197,7 +286,7 @@ class SchedulerService:
             del ahead[handle]
         if len(ahead) >= CLAIM_LOW and not stale:
             return {}
-        skip = ahead.keys() | claims.keys()
+        skip = ahead.keys() | claims.keys() | self._committing.keys()
         due = self.core.due_pending(now, CLAIM_AHEAD - len(ahead), skip)
         return {(f, n): now + timeout + LEASE_GRACE for f, n, timeout in due}
 
@@ -225,6 +314,10 @@ class SchedulerService:
         for _ in range(8):
             ready, assigns = self._split_claimed(effects)
             out += ready
+            # A claim of a job whose put is still being committed would find no
+            # row and back off for tens of ms: wait for the commit instead.
+            while any((a.job.func, a.job.name) in self._committing for a in assigns):
+                await self._committed.wait()
             now = self.clock.now()
             claims = {(a.job.func, a.job.name): now + a.job.timeout + LEASE_GRACE for a in assigns}
             extras = self._extras(now, claims)
@@ -232,9 +325,11 @@ class SchedulerService:
                 return out
             claims.update(extras)
             assert self.cluster is not None
+            self._claiming = set()
             try:
                 refused = await self.cluster.claim([(f, n, t) for (f, n), t in claims.items()])
             except StoreError as exc:
+                self._claiming = None
                 # What earlier rounds claimed still goes out; this round's
                 # assignments were never claimed and go back (retried in 1 s).
                 log.error("claiming %d jobs failed: %s", len(assigns), exc)
@@ -247,8 +342,9 @@ class SchedulerService:
                         self._undeliverable(a)
                 self.poke()
                 return out
+            touched, self._claiming = self._claiming, None
             for handle in extras:
-                if handle not in refused:
+                if handle not in refused and handle not in touched:
                     self._ahead[handle] = now
             for a in assigns:
                 handle = (a.job.func, a.job.name)
@@ -282,18 +378,17 @@ class SchedulerService:
 
     def remote_changes(self, changes: list[RemoteChange]) -> None:
         """Called (on the trio thread) with what other servers changed."""
-        ahead = self._ahead
-        if ahead:
+        if self._ahead or self._claiming is not None:
             # A row another server changed is not (or no longer) claimed by us.
+            gone: list[tuple[bytes, bytes]] = []
             for c in changes:
-                if isinstance(c, RemoteJob | RemoteDelete):
-                    ahead.pop(
-                        (c.job.func, c.job.name) if isinstance(c, RemoteJob) else (c.func, c.name),
-                        None,
-                    )
+                if isinstance(c, RemoteJob):
+                    gone.append((c.job.func, c.job.name))
+                elif isinstance(c, RemoteDelete):
+                    gone.append((c.func, c.name))
                 elif isinstance(c, RemoteDropFunc):
-                    for handle in [h for h in ahead if h[0] == c.func]:
-                        del ahead[handle]
+                    gone += [h for h in self._ahead if h[0] == c.func]
+            self._forget(gone)
         self.core.remote_apply(changes, self.clock.now())
         self._wake.set()
 

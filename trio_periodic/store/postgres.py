@@ -80,7 +80,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from itertools import starmap
+from itertools import groupby, starmap
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -100,7 +100,7 @@ from trio_periodic.store.base import (
     StoredState,
     StoreError,
 )
-from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.group import GroupCommitter, change_row, gc_paused, split_outcomes
 from trio_periodic.store.pg_known import KnownJobs
 from trio_periodic.store.pg_notify import (
     CHANNEL,
@@ -152,12 +152,14 @@ _MIGRATION_LOCK: Final = 0x706572696F646963
 # Statements per change kind; ``_params`` adds our server id and the time
 # where a statement needs them.
 _SQL: Final[dict[type, tuple[str, ...]]] = {
-    PutJob: (
-        "INSERT INTO periodic_jobs (func, name, sched_at, count, timeout, workload)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (func, name) DO UPDATE SET"
+    PutJob: (  # the last two parameters: our server id and the claim's seconds, or NULLs
+        "INSERT INTO periodic_jobs"
+        " (func, name, sched_at, count, timeout, workload, claimed_by, lease_until)"
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s, {DB_NOW} + %s::float8)"
+        " ON CONFLICT (func, name) DO UPDATE SET"
         " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count,"
         " timeout = EXCLUDED.timeout, workload = EXCLUDED.workload,"
-        " claimed_by = NULL, lease_until = NULL"
+        " claimed_by = EXCLUDED.claimed_by, lease_until = EXCLUDED.lease_until"
         # never overwrite a live claim of another server
         " WHERE periodic_jobs.claimed_by IS NULL OR periodic_jobs.claimed_by = %s"
         f" OR periodic_jobs.lease_until IS NULL OR periodic_jobs.lease_until < {DB_NOW}",
@@ -203,10 +205,25 @@ _CLAIM: Final = (
 _MAX_LISTEN_BACKOFF: Final = 5.0
 
 
+# Of the jobs put with a claim, those the write left claimed by us.
+_PUT_CLAIMED: Final = (
+    "SELECT j.func, j.name FROM periodic_jobs j"
+    " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
+    " ON j.func = v.func AND j.name = v.name WHERE j.claimed_by = %s"
+)
+
+
+def _put_rows(changes: Sequence[PutJob], me: str) -> list[tuple[Any, ...]]:
+    rows = []
+    for c in changes:
+        j = c.job
+        claim = (None, None) if c.lease is None else (me, c.lease)
+        rows.append((j.func, j.name, j.sched_at, j.count, j.timeout, j.workload, *claim, me))
+    return rows
+
+
 def _params(kind: type, rows: list[tuple[Any, ...]], me: str, now: float) -> list[tuple[Any, ...]]:
     """``now``: this server's epoch seconds, to turn a lease_until into seconds left."""
-    if kind is PutJob:
-        return [(*row, me) for row in rows]
     if kind is ExtendLease:
         return [(until - now, func, name, me) for func, name, until in rows]
     return rows
@@ -267,6 +284,10 @@ class PostgresStore:
         self._clock = clock
         #: Number of transactions committed (group commit makes it << calls).
         self.commits = 0
+        #: Jobs put with a claim (``PutJob.lease``) that the write did not
+        #: claim: another server holds them.  The caller of ``commit`` takes
+        #: its own out once the call returned.
+        self.put_claims_refused: set[Handle] = set()
         self._pool: _Pool | None = None
         self._closed = False
         self._limiter = trio.CapacityLimiter(1)
@@ -472,7 +493,9 @@ class PostgresStore:
             min_size=1,
             max_size=self._pool_size,
             open=False,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            # No check on checkout: it costs a round trip per transaction; a
+            # broken connection fails the transaction, which is retried on a
+            # fresh one (_retrying).
             timeout=self._connect_timeout,
             name="trio-periodic",
         )
@@ -563,19 +586,37 @@ class PostgresStore:
             raise StoreError(f"{self.uri}: store is closed")
         me, now = self.server_id, self._clock()
         notes = payloads(change_lines(me, changes))
+        claimed = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob) and c.lease]
+        # Pipeline mode: BEGIN, the statements, the check and COMMIT go out
+        # together, one round trip (plus the COMMIT's WAL flush).
         try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                for kind, rows in change_runs(changes):
-                    params = _params(kind, rows, me, now)
+            with (
+                pool.connection() as conn,
+                conn.pipeline(),
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                for kind, run in groupby(changes, type):
+                    if kind is PutJob:
+                        params = _put_rows(list(run), me)  # type: ignore[arg-type]
+                    else:
+                        params = _params(kind, [change_row(c) for c in run], me, now)
                     for sql in _SQL[kind]:
                         cur.executemany(sql, params)
                 if notes:  # delivered on COMMIT, never on a rollback
                     cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
+                if claimed:
+                    cur.execute(
+                        _PUT_CLAIMED, ([h[0] for h in claimed], [h[1] for h in claimed], me)
+                    )
+                    won = set(cur.fetchall())
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
             raise StoreError(f"{self.uri}: commit failed: {exc}") from exc
         self.commits += 1
+        if claimed:
+            self.put_claims_refused.update(h for h in claimed if h not in won)
 
     def _claim_sync(
         self, claims: Sequence[tuple[bytes, bytes, float]]
