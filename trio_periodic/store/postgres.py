@@ -585,6 +585,7 @@ class PostgresStore:
         if pool is None:
             raise StoreError(f"{self.uri}: store is closed")
         me, now = self.server_id, self._clock()
+        changes = _without_moot_extensions(changes)
         notes = payloads(change_lines(me, changes))
         claimed = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob) and c.lease]
         # Pipeline mode: BEGIN, the statements, the check and COMMIT go out
@@ -649,6 +650,26 @@ class PostgresStore:
             return {}
         claimed = set(won)
         return {h: held.get(h) for h in wanted if h not in claimed}
+
+
+def _without_moot_extensions(changes: list[Change]) -> list[Change]:
+    """Drop each ExtendLease whose job a later change in the same transaction
+    deletes (a worker's JOB_ASSIGNED and WORK_DONE usually arrive together):
+    one row write less per job."""
+    if not any(isinstance(c, DeleteJob) for c in changes):
+        return changes
+    deleted_later: set[Handle] = set()
+    keep: list[Change] = []
+    for c in reversed(changes):
+        if isinstance(c, DeleteJob):
+            deleted_later.add((c.func, c.name))
+        elif isinstance(c, PutJob):
+            deleted_later.discard((c.job.func, c.job.name))
+        elif isinstance(c, ExtendLease) and (c.func, c.name) in deleted_later:
+            continue
+        keep.append(c)
+    keep.reverse()
+    return keep
 
 
 async def _in_thread(listener: Listener, fn: Callable[[], _T]) -> _T:
