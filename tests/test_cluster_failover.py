@@ -185,3 +185,43 @@ def test_killing_one_server_under_load_loses_no_acknowledged_job(
             if d.proc.poll() is None:
                 d.proc.terminate()
                 d.proc.wait(10)
+
+
+def test_a_server_shut_down_hands_back_the_jobs_it_claimed_ahead(
+    pg_database_url: str,  # noqa: F811
+) -> None:
+    """A claims due jobs ahead of its (busy) worker; stopped gracefully, it
+    hands them back at once instead of leaving them to their lease (here
+    600 s, the default timeout, + 5 s)."""
+    a = start_daemon("-p", pg_database_url, "--drain-timeout", "0.5")
+    b = start_daemon("-p", pg_database_url)
+    busy: TimedWorker | None = None
+    rescuer: TimedWorker | None = None
+    try:
+        client = BlockingConn(a.port)
+        names = [b"x%d" % i for i in range(5)]
+        for i, name in enumerate(names):
+            assert isinstance(client.request(i + 1, p.SubmitJob(Job(b"f", name))), p.Success)
+        # The worker's slot takes x0; its claim takes x1..x4 ahead.
+        busy = TimedWorker(a.port, slots=1, hang=True)
+        busy.start()
+        assert wait_for(lambda: busy is not None and len(busy.seen) == 1, 5)
+        client.close()
+        time.sleep(0.5)  # the claims ahead land
+        a.proc.terminate()
+        a.proc.wait(10)
+        stopped_at = time.monotonic()
+        rescuer = TimedWorker(b.port)
+        rescuer.start()
+        assert wait_for(lambda: rescuer is not None and len(rescuer.seen) == 5, 10), rescuer.seen
+        took = time.monotonic() - stopped_at
+        assert {n for n, _ in rescuer.seen} == set(names)
+        assert took < 5, took
+    finally:
+        for w in (busy, rescuer):
+            if w is not None:
+                w.stop()
+        for d in (a, b):
+            if d.proc.poll() is None:
+                d.proc.terminate()
+                d.proc.wait(10)

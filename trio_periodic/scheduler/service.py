@@ -37,7 +37,7 @@ from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
-from trio_periodic.scheduler.state import Assignment
+from trio_periodic.scheduler.state import PENDING, Assignment
 from trio_periodic.store.base import (
     Change,
     DeleteFunc,
@@ -440,12 +440,32 @@ class SchedulerService:
             self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            if self.cluster is not None:
-                await nursery.start(partial(self.cluster.watch, self.remote_changes))
-                nursery.start_soon(self._claimer)
-            task_status.started()
-            await self._wake_loop()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.cluster is not None:
+                    await nursery.start(partial(self.cluster.watch, self.remote_changes))
+                    nursery.start_soon(self._claimer)
+                task_status.started()
+                await self._wake_loop()
+        finally:
+            if self._ahead:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._release_ahead()
+
+    async def _release_ahead(self) -> None:
+        """On the way out: hand the jobs claimed ahead back to the other servers
+        now (a put clears our claim and tells them), rather than after their
+        lease.  A server that dies leaves them to run out."""
+        puts: list[Change] = []
+        for func, name in self._ahead:
+            entry = self.core.entry(func, name)
+            if entry is not None and entry.state is PENDING:
+                puts.append(PutJob(entry.snapshot()))
+        self._ahead.clear()
+        try:
+            await self.store.commit(puts)
+        except StoreError as exc:
+            log.warning("could not hand back %d jobs claimed ahead: %s", len(puts), exc)
 
     async def _wake_loop(self) -> None:
         core = self.core
