@@ -589,27 +589,25 @@ class PostgresStore:
         notes = payloads(change_lines(me, changes))
         claimed = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob) and c.lease]
         # Pipeline mode: BEGIN, the statements, the check and COMMIT go out
-        # together, one round trip (plus the COMMIT's WAL flush).
+        # together, one round trip (plus the COMMIT's WAL flush); the check's
+        # rows are read once the COMMIT came back.
+        won: set[Handle] = set()
         try:
-            with (
-                pool.connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-                conn.cursor() as cur,
-            ):
-                for kind, run in groupby(changes, type):
-                    if kind is PutJob:
-                        params = _put_rows(list(run), me)  # type: ignore[arg-type]
-                    else:
-                        params = _params(kind, [change_row(c) for c in run], me, now)
-                    for sql in _SQL[kind]:
-                        cur.executemany(sql, params)
-                if notes:  # delivered on COMMIT, never on a rollback
-                    cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
+            with pool.connection() as conn, conn.pipeline(), conn.cursor() as cur:
+                with conn.transaction():
+                    for kind, run in groupby(changes, type):
+                        if kind is PutJob:
+                            params = _put_rows(list(run), me)  # type: ignore[arg-type]
+                        else:
+                            params = _params(kind, [change_row(c) for c in run], me, now)
+                        for sql in _SQL[kind]:
+                            cur.executemany(sql, params)
+                    if notes:  # delivered on COMMIT, never on a rollback
+                        cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
+                    if claimed:
+                        handles = ([h[0] for h in claimed], [h[1] for h in claimed], me)
+                        cur.execute(_PUT_CLAIMED, handles)
                 if claimed:
-                    cur.execute(
-                        _PUT_CLAIMED, ([h[0] for h in claimed], [h[1] for h in claimed], me)
-                    )
                     won = set(cur.fetchall())
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
