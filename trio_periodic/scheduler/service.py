@@ -16,6 +16,15 @@ effects and store changes, and returns them.  The handler makes the changes
 durable with ``commit`` before it sends any acknowledgement, and only then
 routes the effects with ``deliver``.
 
+Cluster mode (a store shared with other servers): a job goes to a worker
+only once this server has claimed it in the store.  A job handed out in the
+batch that submits it is claimed by the same write (``PutJob.lease``); the
+others are claimed by the claimer task, which also claims the next due jobs
+ahead (up to CLAIM_AHEAD), so that most assignments go out at once, without
+a round trip.  An assignment dropped while its claim was in flight gives its
+grab slot back (it was never sent).  On the way out the jobs claimed ahead
+are handed back; if the server dies they wait for their lease.
+
 Time: the core works in float seconds since the Unix epoch.  ``Clock`` derives
 them from trio's clock plus a fixed offset taken at start, so tests that run
 on ``trio.testing.MockClock`` move both together.

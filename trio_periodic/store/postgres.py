@@ -9,6 +9,9 @@ into one transaction, applied in call order, and each call returns after the
 COMMIT holding its changes returned (``synchronous_commit`` as the server
 has it; PostgreSQL's default fsyncs the WAL).
 
+A transaction is sent in pipeline mode (one round trip), and puts, deletes
+and lease extensions go as one statement per run over arrays (``unnest``).
+
 A lost connection while committing is retried a few times with exponential
 backoff on a fresh connection from the pool.  When the pool has none to
 give within ``connect_timeout`` the database is down: the call fails at
@@ -30,6 +33,11 @@ Every server keeps the whole job set in RAM and mirrors the others:
   claiming overlapping sets lock in the same order (no deadlock) and the
   second one sees the first one's claim: each row is claimed by exactly one.
   A lease that ran out (its server died) can be claimed by anyone.
+* A ``PutJob`` with a ``lease`` (a job handed out as it is submitted) writes
+  our claim with the row, in the same transaction; a check in that
+  transaction reports the puts the guard below refused
+  (``put_claims_refused``).  ``claim`` is also used to claim jobs ahead of
+  the slots that will take them (see the scheduler service).
 * ``PutJob`` (a submit, or this server handing a job back) clears the claim,
   but never overwrites a live claim of *another* server; ``ExtendLease``
   moves only our own claim's ``lease_until``; ``DeleteJob`` always deletes.
