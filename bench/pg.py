@@ -122,6 +122,30 @@ def run_sql(url: str, *statements: str, psql: Path | None = None) -> None:
         raise RuntimeError(f"psql: {done.stderr.strip() or done.stdout.strip()}")
 
 
+#: pg_stat_database counters of one database: transactions committed, rows written.
+_COUNTERS = (
+    "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted"
+    " FROM pg_stat_database WHERE datname = current_database()"
+)
+
+
+def db_counters(url: str) -> tuple[float, float]:
+    """(transactions committed, rows inserted + updated + deleted) in ``url``'s database so
+    far, from pg_stat_database; nan without psycopg.  A backend reports its counts when it
+    goes idle (at most once a second) and when it exits: read the final figures after the
+    servers stopped.  The query itself is one transaction."""
+    try:
+        import psycopg
+    except ImportError:
+        return float("nan"), float("nan")
+    with psycopg.connect(url, autocommit=True, connect_timeout=30) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(_COUNTERS).fetchone()
+    if row is None:
+        return float("nan"), float("nan")
+    return float(row[0]), float(row[1])
+
+
 class Databases:
     """Where ``periodic-pg`` runs get their database: ``fresh(tag)`` yields a URL of an empty
     one, ``stop`` ends a cluster we started."""

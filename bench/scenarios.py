@@ -4,6 +4,7 @@ starts its own) and returns an :class:`Outcome`: metrics, generator and server C
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from bench.loadgen import (
 )
 from bench.nodestyle import role_node_worker
 from bench.params import Params
-from bench.pg import Databases
+from bench.pg import Databases, db_counters
 from bench.procs import (
     HOST,
     CpuSample,
@@ -513,11 +514,14 @@ def _scale_half(
                         ),
                     )
                 )
+        x0 = db_counters(url)
         c0 = [cpu_seconds(server.pid) for server in servers]
         d0 = dbs.db_cpu()
         results = run_roles(roles, p.scale_s + GRACE)
         c1 = [cpu_seconds(server.pid) for server in servers]
         d1 = dbs.db_cpu()
+        stack.close()  # stop the servers: their backends report their last counts on exit
+        x1 = db_counters(url)
     subs = [r for r in results if r.role == "submit"]
     workers = [r for r in results if r.role == "workers"]
     names = Counter(name for r in workers for name in r.extra["names"])
@@ -526,6 +530,13 @@ def _scale_half(
     cpu_span = max(float(r.extra.get("cpu_wall", r.wall)) for r in results)
     return {
         "jobs_per_s": done / span if span > 0 else float("nan"),
+        # per job done: PostgreSQL transactions and rows written (pg_stat_database, the
+        # servers' start and our two queries included), CPU of the cluster's processes
+        # and of the periodicd processes, in µs
+        "xact_per_job": (x1[0] - x0[0]) / done if done else float("nan"),
+        "rows_per_job": (x1[1] - x0[1]) / done if done else float("nan"),
+        "db_us_per_job": per_job_us(d1 - d0, done),
+        "srv_us_per_job": per_job_us(sum(b - a for a, b in zip(c0, c1, strict=True)), done),
         "seconds": span,
         "done": done,
         "accepted": sum(r.count for r in subs),
@@ -536,6 +547,21 @@ def _scale_half(
         "db_util": (d1 - d0) / max(cpu_span, 1e-9),
         "gen": _gen(results),
     }
+
+
+def projected_ceiling(one: dict[str, Any]) -> str:
+    """Where the database becomes the limit, from one server's run: one database core
+    serves 1 s / (its CPU per job) jobs/s, and K servers each as fast as the one measured
+    reach that at K = ceiling / one server's jobs/s."""
+    db_us, rate = one["db_us_per_job"], one["jobs_per_s"]
+    if not (db_us > 0 and rate > 0) or math.isnan(db_us):
+        return ""
+    ceiling = 1e6 / db_us
+    return (
+        f"ceiling: one PostgreSQL core serves about {ceiling:,.0f} jobs/s "
+        f"({db_us:,.0f} µs/job); servers at {rate:,.0f} jobs/s each saturate it at "
+        f"{ceiling / rate:.1f} servers"
+    )
 
 
 def scale(
@@ -571,10 +597,17 @@ def scale(
             "two_srv_util": two["srv_util"],
             "one_db_util": one["db_util"],
             "two_db_util": two["db_util"],
+            **{
+                f"{label}_{key}": half[key]
+                for label, half in (("one", one), ("two", two))
+                for key in ("xact_per_job", "rows_per_job", "db_us_per_job", "srv_us_per_job")
+            },
         },
         one["gen"] + two["gen"],
         two["srv_util"],
     )
+    if ceiling := projected_ceiling(one):
+        out.notes.append(ceiling)
     for count, half in sorted(halves.items()):
         label = "1 server" if count == 1 else "2 servers"
         if half["duplicates"]:
@@ -754,6 +787,14 @@ SCENARIOS: dict[str, Scenario] = {
                 _m("two_srv_util", "srv, 2 servers", "CPU/wall", False),
                 _m("one_db_util", "PostgreSQL, 1 server", "CPU/wall", False),
                 _m("two_db_util", "PostgreSQL, 2 servers", "CPU/wall", False),
+                _m("one_xact_per_job", "PG xact/job, 1 server", "", False),
+                _m("two_xact_per_job", "PG xact/job, 2 servers", "", False),
+                _m("one_rows_per_job", "PG rows/job, 1 server", "", False),
+                _m("two_rows_per_job", "PG rows/job, 2 servers", "", False),
+                _m("one_db_us_per_job", "PG CPU/job, 1 server", "µs", False),
+                _m("two_db_us_per_job", "PG CPU/job, 2 servers", "µs", False),
+                _m("one_srv_us_per_job", "srv CPU/job, 1 server", "µs", False),
+                _m("two_srv_us_per_job", "srv CPU/job, 2 servers", "µs", False),
             ),
             (),
             None,

@@ -18,6 +18,7 @@ from test_scheduler_service import add_worker
 
 from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import JobAssign
+from trio_periodic.scheduler import service
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import Clock, SchedulerService
 from trio_periodic.store.base import (
@@ -76,7 +77,13 @@ class FlakySharedStore:
         await trio.sleep_forever()
 
 
-async def test_a_failed_claim_round_loses_no_assignment(mock_clock: trio.testing.MockClock) -> None:
+async def test_a_failed_claim_round_loses_no_assignment(
+    mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Claim exactly what is assigned (no claiming ahead), so that c needs a
+    # round of its own.
+    monkeypatch.setattr(service, "CLAIM_AHEAD", 0)
+    monkeypatch.setattr(service, "CLAIM_LOW", 0)
     clock = Clock()
     store = FlakySharedStore(b"a", clock.now)
     assert isinstance(store, SharedStore)

@@ -17,6 +17,7 @@ from trio_periodic import __version__
 
 PROG = "periodic"
 
+
 class UsageError(Exception):
     """The command line is wrong (reported like a cyclopts parse error)."""
 
@@ -46,4 +47,3 @@ def pick(positional: str | None, flag: str | None, what: str, flag_name: str) ->
     if value is None:
         raise UsageError(f"missing {what} (an argument, or {flag_name})")
     return value
-

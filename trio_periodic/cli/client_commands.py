@@ -291,4 +291,3 @@ def ping() -> Ping:
 def shutdown() -> Shutdown:
     """Ask the server to shut down."""
     return Shutdown()
-

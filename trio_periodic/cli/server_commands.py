@@ -29,5 +29,3 @@ def keygen(file: str, /, *, size: Annotated[int, Parameter(name=["--size", "-s"]
 def serve(*, options: ServerOptions = ServerOptions()) -> Serve:  # noqa: B008 - frozen
     """Run the server (the same as `periodicd`) on every -H given (default: unix + tcp:5000)."""
     return Serve((), options)
-
-

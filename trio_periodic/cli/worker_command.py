@@ -110,4 +110,3 @@ def _mem_limit(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise UsageError(f"--mem-limit: {exc}") from None
-

@@ -675,6 +675,26 @@ class Scheduler:
 
     # -------------------------------------------------------------- cluster
 
+    def due_pending(
+        self, now: float, limit: int, skip: Collection[Handle]
+    ) -> list[tuple[bytes, bytes, int]]:
+        """Cluster mode: up to ``limit`` pending jobs due by ``now``, earliest
+        first per function, of functions with a worker here (not broadcast),
+        except those in ``skip``: (func, name, effective timeout in seconds).
+        The service claims them ahead of the slots that will take them."""
+        out: list[tuple[bytes, bytes, int]] = []
+        for fs in self.funcs.values():
+            if not fs.workers or fs.broadcast:
+                continue
+            for run_at, _, entry in fs.queue:
+                if run_at > now or len(out) >= limit:
+                    break
+                if (entry.func, entry.name) not in skip:
+                    out.append((entry.func, entry.name, self.effective_timeout(entry)))
+            if len(out) >= limit:
+                break
+        return out
+
     def _hold_elsewhere(self, entry: JobEntry, lease_until: float) -> None:
         """Another server holds the job until ``lease_until``."""
         fs = self.funcs[entry.func]

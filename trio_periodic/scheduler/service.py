@@ -19,6 +19,15 @@ routes the effects with ``deliver``.
 Once a second ``_sample_throughput`` copies the core's running totals into
 ``throughput``, a ring of per-second counts (the dashboard's rate chart).
 
+Cluster mode (a store shared with other servers): a job goes to a worker
+only once this server has claimed it in the store.  A job handed out in the
+batch that submits it is claimed by the same write (``PutJob.lease``); the
+others are claimed by the claimer task, which also claims the next due jobs
+ahead (up to CLAIM_AHEAD), so that most assignments go out at once, without
+a round trip.  An assignment dropped while its claim was in flight gives its
+grab slot back (it was never sent).  On the way out the jobs claimed ahead
+are handed back; if the server dies they wait for their lease.
+
 Time: the core works in float seconds since the Unix epoch.  ``Clock`` derives
 them from trio's clock plus a fixed offset taken at start, so tests that run
 on ``trio.testing.MockClock`` move both together.
@@ -40,10 +49,34 @@ from trio_periodic.protocol.frames import encode_frame, encode_raw_frame
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import LEASE_GRACE, Scheduler
 from trio_periodic.scheduler.effects import Assign, Effect
+from trio_periodic.scheduler.state import PENDING, Assignment
 from trio_periodic.scheduler.throughput import Throughput
-from trio_periodic.store.base import Change, RemoteChange, SharedStore, Store, StoreError
+from trio_periodic.store.base import (
+    Change,
+    DeleteFunc,
+    DeleteJob,
+    PutJob,
+    RemoteChange,
+    RemoteDelete,
+    RemoteDropFunc,
+    RemoteJob,
+    SharedStore,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
+
+#: Cluster mode: jobs claimed ahead of the slots that will take them, so that
+#: most assignments go out without a round trip to the database.  A claim
+#: round tops the stock up to CLAIM_AHEAD once it fell below CLAIM_LOW.  If
+#: the server dies, these wait for their lease like its running jobs.
+CLAIM_AHEAD = 64
+CLAIM_LOW = 32
+#: A job claimed ahead is handed out without a new claim only within this many
+#: seconds of its claim: its lease (timeout + LEASE_GRACE from the claim) then
+#: still outlasts the worker's timeout by LEASE_GRACE / 2.
+AHEAD_FRESH = LEASE_GRACE / 2
 
 
 class Clock:
@@ -83,6 +116,21 @@ class SchedulerService:
         # Cluster mode: assignments waiting for their claim (see _claimer).
         self._to_claim: list[Assign] = []
         self._claim_wake = trio.Event()
+        #: Cluster mode: jobs claimed ahead and not handed out yet, with the
+        #: epoch second their claim started.
+        self._ahead: dict[tuple[bytes, bytes], float] = {}
+        self._refill = False
+        #: Cluster mode: puts being committed, by handle (how many), and an
+        #: event replaced after each commit.
+        self._committing: dict[tuple[bytes, bytes], int] = {}
+        #: Cluster mode: puts that claim their job (PutJob.lease) being
+        #: committed: handle → (when the claim was asked, the assignment).
+        self._put_claims: dict[tuple[bytes, bytes], tuple[float, Assign]] = {}
+        self._claims_on_put = hasattr(store, "put_claims_refused")
+        #: While a claim ahead is in flight: the jobs put, deleted or changed
+        #: elsewhere meanwhile (their claim ahead is not to be trusted).
+        self._claiming: set[tuple[bytes, bytes]] | None = None
+        self._committed = trio.Event()
         self._wake = trio.Event()
         self._sleeping_until = math.inf
         #: Per-second counts of the core's counters over the last minutes.
@@ -95,33 +143,182 @@ class SchedulerService:
         core = self.core
         core.dispatch(self.clock.now())
         self.poke()
-        return core.take_effects(), core.take_changes()
+        effects, changes = core.take_effects(), core.take_changes()
+        if changes and self.shared:
+            if self._ahead or self._claiming is not None:
+                self._forget_ahead(changes)
+            if self._claims_on_put and effects:
+                changes = self._claim_on_put(effects, changes)
+        return effects, changes
+
+    def _forget_ahead(self, changes: Sequence[Change]) -> None:
+        """Our own put clears our claim on the row (and a delete removes it):
+        such a job must be claimed again before it goes out."""
+        gone: list[tuple[bytes, bytes]] = []
+        for c in changes:
+            if isinstance(c, PutJob):
+                gone.append((c.job.func, c.job.name))
+            elif isinstance(c, DeleteJob):
+                gone.append((c.func, c.name))
+            elif isinstance(c, DeleteFunc):
+                gone += [h for h in self._ahead if h[0] == c.func]
+        self._forget(gone)
+
+    def _forget(self, handles: Iterable[tuple[bytes, bytes]]) -> None:
+        ahead, claiming = self._ahead, self._claiming
+        for handle in handles:
+            ahead.pop(handle, None)
+            if claiming is not None:
+                claiming.add(handle)  # a claim ahead in flight must not keep it
+
+    def _claim_on_put(self, effects: list[Effect], changes: list[Change]) -> list[Change]:
+        """Jobs handed out in the batch that puts them: claim them in the same
+        write (``PutJob.lease``), one transaction instead of a put and a claim."""
+        last: dict[tuple[bytes, bytes], int] = {}
+        for i, c in enumerate(changes):
+            if isinstance(c, PutJob):
+                last[(c.job.func, c.job.name)] = i
+            elif isinstance(c, DeleteJob):
+                last.pop((c.func, c.name), None)
+            elif isinstance(c, DeleteFunc):
+                last = {h: j for h, j in last.items() if h[0] != c.func}
+        if not last:
+            return changes
+        now = self.clock.now()
+        out = changes
+        for e in effects:
+            if not isinstance(e, Assign):
+                continue
+            handle = (e.job.func, e.job.name)
+            i = last.pop(handle, -1)
+            if i < 0:
+                continue
+            if out is changes:
+                out = list(changes)
+            put = out[i]
+            assert isinstance(put, PutJob)
+            out[i] = PutJob(put.job, e.job.timeout + LEASE_GRACE)
+            self._put_claims[handle] = (now, e)
+        return out
 
     async def commit(self, changes: Sequence[Change]) -> None:
         """Make changes durable (a no-op for the memory store)."""
-        if changes and self.store.durable:
+        if not changes or not self.store.durable:
+            return
+        if not self.shared:
             await self.store.commit(changes)
+            return
+        # Cluster mode: a job dispatched before its put committed has no row to
+        # claim yet; the claimer waits for these (see _claim).
+        puts = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob)]
+        committing = self._committing
+        for handle in puts:
+            committing[handle] = committing.get(handle, 0) + 1
+        ok = False
+        try:
+            await self.store.commit(changes)
+            ok = True
+        finally:
+            if self._put_claims:
+                self._took_put_claims(changes, ok)
+            for handle in puts:
+                left = committing[handle] - 1
+                if left:
+                    committing[handle] = left
+                else:
+                    del committing[handle]
+            self._committed.set()
+            self._committed = trio.Event()
+
+    def _took_put_claims(self, changes: Sequence[Change], ok: bool) -> None:
+        """After the commit of puts that claimed their job: the ones the store
+        claimed (and that are still assigned) go out without another claim."""
+        refused: set[tuple[bytes, bytes]] = getattr(self.store, "put_claims_refused", set())
+        for c in changes:
+            if not isinstance(c, PutJob) or c.lease is None:
+                continue
+            handle = (c.job.func, c.job.name)
+            claim = self._put_claims.pop(handle, None)
+            if handle in refused:
+                refused.discard(handle)
+            elif ok and claim is not None and self._pending_claim(claim[1]) is not None:
+                self._ahead[handle] = claim[0]
 
     async def publish(self, effects: list[Effect]) -> None:
         """Deliver a batch's effects.  When the store is shared with other
-        servers, assignments go to the claimer task instead, which claims
-        everything queued meanwhile in one transaction before it delivers."""
-        if self.shared:
-            assigns = [e for e in effects if isinstance(e, Assign)]
-            if assigns:
-                effects = [e for e in effects if not isinstance(e, Assign)]
-                self._to_claim.extend(assigns)
-                self._claim_wake.set()
+        servers, assignments of jobs claimed ahead go out at once; the others
+        go to the claimer task, which claims everything queued meanwhile
+        (and the next due jobs) in one transaction before it delivers."""
+        self._publish_now(effects)
+
+    def _publish_now(self, effects: list[Effect]) -> None:
+        if self.shared and any(isinstance(e, Assign) for e in effects):
+            effects = self._take_claimed(effects)
         self.deliver(effects)
+
+    def _take_claimed(self, effects: list[Effect]) -> list[Effect]:
+        """The effects that may go out now; queue the assignments that need a claim."""
+        ready, need = self._split_claimed(effects)
+        self._to_claim += need
+        if need or len(self._ahead) < CLAIM_LOW:
+            self._refill = len(self._ahead) < CLAIM_LOW
+            self._claim_wake.set()
+        return ready
+
+    def _split_claimed(self, effects: list[Effect]) -> tuple[list[Effect], list[Assign]]:
+        """(what may go out now, the assignments that still need a claim)."""
+        ready: list[Effect] = []
+        need: list[Assign] = []
+        ahead = self._ahead
+        fresh_after = self.clock.now() - AHEAD_FRESH
+        for e in effects:
+            if isinstance(e, Assign):
+                claimed_at = ahead.pop((e.job.func, e.job.name), None)
+                if claimed_at is None or claimed_at < fresh_after:
+                    need.append(e)
+                    continue
+            ready.append(e)
+        return ready, need
 
     async def _claimer(self) -> None:
         """Cluster mode: claim queued assignments in batches, then deliver them."""
         while True:
             await self._claim_wake.wait()
             self._claim_wake = trio.Event()
-            while self._to_claim:
+            while self._to_claim or self._refill:
                 batch, self._to_claim = self._to_claim, []
+                self._refill = False
                 self.deliver(await self._claim(list[Effect](batch)))
+
+    def _extras(
+        self, now: float, claims: dict[tuple[bytes, bytes], float]
+    ) -> dict[tuple[bytes, bytes], float]:
+        """The due jobs to claim ahead along with ``claims``: enough to top the
+        stock up to CLAIM_AHEAD (stale entries are claimed again)."""
+        ahead = self._ahead
+        stale = [h for h, at in ahead.items() if at < now - AHEAD_FRESH]
+        for handle in stale:
+            del ahead[handle]
+        if len(ahead) >= CLAIM_LOW and not stale:
+            return {}
+        skip = ahead.keys() | claims.keys() | self._committing.keys()
+        due = self.core.due_pending(now, CLAIM_AHEAD - len(ahead), skip)
+        return {(f, n): now + timeout + LEASE_GRACE for f, n, timeout in due}
+
+    def _pending_claim(self, a: Assign) -> Assignment | None:
+        """The assignment ``a`` stands for, if the core still has it (a remote
+        delete, a timeout or a disconnect may have dropped it meanwhile)."""
+        held = a.conn.held.get((a.job.func, a.job.name))
+        return held if held is not None and held.msgid == a.msgid else None
+
+    def _undeliverable(self, a: Assign) -> None:
+        """``a`` will never reach its worker: its slot is free again.
+
+        The core drops an assignment without freeing the slot (a worker that
+        got the job re-arms it itself), but this one was never sent: without
+        this, a job deleted by another server while our claim of it was in
+        flight would take the worker's slot with it, for good."""
+        self.core.add_slot(a.conn, a.msgid)
 
     async def _claim(self, effects: list[Effect]) -> list[Effect]:
         """Cluster mode: only assignments whose claim the store accepted go out.
@@ -130,46 +327,65 @@ class SchedulerService:
         job to it, which needs a claim of its own, hence the loop."""
         out: list[Effect] = []
         for _ in range(8):
-            assigns = [e for e in effects if isinstance(e, Assign)]
-            out += [e for e in effects if not isinstance(e, Assign)]
-            if not assigns:
-                return out
+            ready, assigns = self._split_claimed(effects)
+            out += ready
+            # A claim of a job whose put is still being committed would find no
+            # row and back off for tens of ms: wait for the commit instead.
+            while any((a.job.func, a.job.name) in self._committing for a in assigns):
+                await self._committed.wait()
             now = self.clock.now()
             claims = {(a.job.func, a.job.name): now + a.job.timeout + LEASE_GRACE for a in assigns}
+            extras = self._extras(now, claims)
+            if not claims and not extras:
+                return out
+            claims.update(extras)
             assert self.cluster is not None
+            self._claiming = set()
             try:
                 refused = await self.cluster.claim([(f, n, t) for (f, n), t in claims.items()])
             except StoreError as exc:
+                self._claiming = None
                 # What earlier rounds claimed still goes out; this round's
                 # assignments were never claimed and go back (retried in 1 s).
                 log.error("claiming %d jobs failed: %s", len(assigns), exc)
                 now = self.clock.now()
                 for a in assigns:
-                    held = a.conn.held.get((a.job.func, a.job.name))
-                    if held is not None and held.msgid == a.msgid:
+                    held = self._pending_claim(a)
+                    if held is not None:
                         self.core.claim_failed(held, now + 1.0, now)
+                    else:
+                        self._undeliverable(a)
                 self.poke()
                 return out
+            touched, self._claiming = self._claiming, None
+            for handle in extras:
+                if handle not in refused and handle not in touched:
+                    self._ahead[handle] = now
             for a in assigns:
                 handle = (a.job.func, a.job.name)
-                if handle in refused:
-                    held = a.conn.held.get(handle)
-                    if held is not None and held.msgid == a.msgid:
-                        self.core.claim_failed(held, refused[handle], now)
+                held = self._pending_claim(a)
+                if held is None:
+                    # Dropped while we claimed: never sent.  (A claim we won
+                    # for it runs out by itself.)
+                    self._undeliverable(a)
+                elif handle in refused:
+                    self.core.claim_failed(held, refused[handle], now)
                 else:
                     out.append(a)
-            if not refused:
-                return out
             self.core.dispatch(self.clock.now())
             effects = self.core.take_effects()
+            if not effects:
+                return out
         # Still contended after several rounds: the assignments not yet claimed
         # go back to pending (never out unclaimed) and the wake-up loop retries.
         for e in effects:
             if isinstance(e, Assign):
-                held = e.conn.held.get((e.job.func, e.job.name))
-                if held is not None and held.msgid == e.msgid:
+                held = self._pending_claim(e)
+                if held is not None:
                     now = self.clock.now()
                     self.core.claim_failed(held, now, now)
+                else:
+                    self._undeliverable(e)
             else:
                 out.append(e)
         self.poke()
@@ -177,6 +393,17 @@ class SchedulerService:
 
     def remote_changes(self, changes: list[RemoteChange]) -> None:
         """Called (on the trio thread) with what other servers changed."""
+        if self._ahead or self._claiming is not None:
+            # A row another server changed is not (or no longer) claimed by us.
+            gone: list[tuple[bytes, bytes]] = []
+            for c in changes:
+                if isinstance(c, RemoteJob):
+                    gone.append((c.job.func, c.job.name))
+                elif isinstance(c, RemoteDelete):
+                    gone.append((c.func, c.name))
+                elif isinstance(c, RemoteDropFunc):
+                    gone += [h for h in self._ahead if h[0] == c.func]
+            self._forget(gone)
         self.core.remote_apply(changes, self.clock.now())
         self._wake.set()
 
@@ -203,13 +430,11 @@ class SchedulerService:
             rearmed |= outbox.flush_eagerly()
         if not rearmed:
             return
-        if self.shared:
-            self.poke()  # assignments need a claim: the wake-up loop does it
-            return
         self.core.dispatch(self.clock.now())
         effects = self.core.take_effects()
         if effects:
-            self.deliver(effects)
+            # Cluster mode: jobs claimed ahead go out now, the others via the claimer.
+            self._publish_now(effects)
 
     async def settle(self) -> None:
         """Finish a batch that has no acknowledgement waiting on it (slots
@@ -230,13 +455,33 @@ class SchedulerService:
             self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            if self.cluster is not None:
-                await nursery.start(partial(self.cluster.watch, self.remote_changes))
-                nursery.start_soon(self._claimer)
-            nursery.start_soon(self._sample_throughput)
-            task_status.started()
-            await self._wake_loop()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.cluster is not None:
+                    await nursery.start(partial(self.cluster.watch, self.remote_changes))
+                    nursery.start_soon(self._claimer)
+                nursery.start_soon(self._sample_throughput)
+                task_status.started()
+                await self._wake_loop()
+        finally:
+            if self._ahead:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._release_ahead()
+
+    async def _release_ahead(self) -> None:
+        """On the way out: hand the jobs claimed ahead back to the other servers
+        now (a put clears our claim and tells them), rather than after their
+        lease.  A server that dies leaves them to run out."""
+        puts: list[Change] = []
+        for func, name in self._ahead:
+            entry = self.core.entry(func, name)
+            if entry is not None and entry.state is PENDING:
+                puts.append(PutJob(entry.snapshot()))
+        self._ahead.clear()
+        try:
+            await self.store.commit(puts)
+        except StoreError as exc:
+            log.warning("could not hand back %d jobs claimed ahead: %s", len(puts), exc)
 
     async def _sample_throughput(self) -> None:
         """Just after each whole second, count what the core's totals grew by."""

@@ -52,7 +52,6 @@ SERVER_ONLY = frozenset(
 )
 
 
-
 class CommandContext(Protocol):
     """What a handler may use of the connection that received the command."""
 

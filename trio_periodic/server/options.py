@@ -64,15 +64,11 @@ class ServerOptions:
     """The reference auth file: "ROLE NAME TOKEN FUNC,FUNC..." lines; reloaded when it
     changes. With it, every door (binary, WebSocket, HTTP) needs an identity."""
 
-    max_outbox: Annotated[int, Parameter(name="--max-outbox", converter=_size)] = (
-        DEFAULT_MAX_OUTBOX
-    )
+    max_outbox: Annotated[int, Parameter(name="--max-outbox", converter=_size)] = DEFAULT_MAX_OUTBOX
     """Bytes queued for one connection (e.g. 4MiB): past it the server stops reading that
     connection until it drains, and closes it if it stays full longer than its keepalive."""
 
-    max_connections: Annotated[int, Parameter(name="--max-connections")] = (
-        DEFAULT_MAX_CONNECTIONS
-    )
+    max_connections: Annotated[int, Parameter(name="--max-connections")] = DEFAULT_MAX_CONNECTIONS
     """Open connections at most; past it new connections are closed at once."""
 
     drain_timeout: Annotated[float, Parameter(name="--drain-timeout")] = DEFAULT_DRAIN_TIMEOUT

@@ -37,9 +37,15 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class PutJob:
-    """Insert or replace the job with this (func, name), state pending."""
+    """Insert or replace the job with this (func, name), state pending.
+
+    Cluster mode: with ``lease`` (seconds from the commit) the same write
+    claims the job for this server, so that a job handed out as soon as it
+    is submitted costs one transaction, not two.  Stores that are not shared
+    ignore it; see ``PostgresStore.put_claims_refused`` for the outcome."""
 
     job: Job
+    lease: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,10 +167,10 @@ Rows = list[tuple[Any, ...]]
 
 def change_runs(changes: Iterable[Change]) -> Iterator[tuple[type, Rows]]:
     for kind, run in groupby(changes, type):
-        yield kind, [_row(c) for c in run]
+        yield kind, [change_row(c) for c in run]
 
 
-def _row(change: Change) -> tuple[Any, ...]:
+def change_row(change: Change) -> tuple[Any, ...]:
     match change:
         case PutJob(job=j):
             return (j.func, j.name, j.sched_at, j.count, j.timeout, j.workload)

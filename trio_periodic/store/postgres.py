@@ -9,6 +9,9 @@ into one transaction, applied in call order, and each call returns after the
 COMMIT holding its changes returned (``synchronous_commit`` as the server
 has it; PostgreSQL's default fsyncs the WAL).
 
+A transaction is sent in pipeline mode (one round trip), and puts, deletes
+and lease extensions go as one statement per run over arrays (``unnest``).
+
 A lost connection while committing is retried a few times with exponential
 backoff on a fresh connection from the pool.  When the pool has none to
 give within ``connect_timeout`` the database is down: the call fails at
@@ -30,6 +33,11 @@ Every server keeps the whole job set in RAM and mirrors the others:
   claiming overlapping sets lock in the same order (no deadlock) and the
   second one sees the first one's claim: each row is claimed by exactly one.
   A lease that ran out (its server died) can be claimed by anyone.
+* A ``PutJob`` with a ``lease`` (a job handed out as it is submitted) writes
+  our claim with the row, in the same transaction; a check in that
+  transaction reports the puts the guard below refused
+  (``put_claims_refused``).  ``claim`` is also used to claim jobs ahead of
+  the slots that will take them (see the scheduler service).
 * ``PutJob`` (a submit, or this server handing a job back) clears the claim,
   but never overwrites a live claim of *another* server; ``ExtendLease``
   moves only our own claim's ``lease_until``; ``DeleteJob`` always deletes.
@@ -80,7 +88,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from itertools import starmap
+from itertools import groupby, starmap
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -100,7 +108,7 @@ from trio_periodic.store.base import (
     StoredState,
     StoreError,
 )
-from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.group import GroupCommitter, change_row, gc_paused, split_outcomes
 from trio_periodic.store.pg_known import KnownJobs
 from trio_periodic.store.pg_notify import (
     CHANNEL,
@@ -149,20 +157,8 @@ _TABLES: Final = ("periodic_meta", "periodic_jobs", "periodic_funcs", "periodic_
 #: pg_advisory_xact_lock key serialising schema migrations ("periodic" in ASCII).
 _MIGRATION_LOCK: Final = 0x706572696F646963
 
-# Statements per change kind; ``_params`` adds our server id and the time
-# where a statement needs them.
+# Statements for the rare kinds, run with executemany (one row per change).
 _SQL: Final[dict[type, tuple[str, ...]]] = {
-    PutJob: (
-        "INSERT INTO periodic_jobs (func, name, sched_at, count, timeout, workload)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (func, name) DO UPDATE SET"
-        " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count,"
-        " timeout = EXCLUDED.timeout, workload = EXCLUDED.workload,"
-        " claimed_by = NULL, lease_until = NULL"
-        # never overwrite a live claim of another server
-        " WHERE periodic_jobs.claimed_by IS NULL OR periodic_jobs.claimed_by = %s"
-        f" OR periodic_jobs.lease_until IS NULL OR periodic_jobs.lease_until < {DB_NOW}",
-    ),
-    DeleteJob: ("DELETE FROM periodic_jobs WHERE func = %s AND name = %s",),
     PutFunc: ("INSERT INTO periodic_funcs (func) VALUES (%s) ON CONFLICT DO NOTHING",),
     DeleteFunc: (
         "DELETE FROM periodic_jobs WHERE func = %s",
@@ -172,13 +168,34 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
         "INSERT INTO periodic_configs (key, value) VALUES (%s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     ),
-    ExtendLease: (  # the parameter is seconds from now, see _params
-        f"UPDATE periodic_jobs SET lease_until = {DB_NOW} + %s"
-        " WHERE func = %s AND name = %s AND claimed_by = %s",
-    ),
 }
 
-_NOTIFY: Final = "SELECT pg_notify(%s, %s)"
+# The hot kinds as one statement per run of changes, the rows as arrays:
+# one Bind/Execute instead of one per row (CPU on both sides).
+_PUT_JOBS: Final = (
+    "INSERT INTO periodic_jobs AS j"
+    " (func, name, sched_at, count, timeout, workload, claimed_by, lease_until)"
+    f" SELECT v.func, v.name, v.sched_at, v.count, v.timeout, v.workload, v.by, {DB_NOW} + v.secs"
+    " FROM unnest(%s::bytea[], %s::bytea[], %s::int8[], %s::int8[], %s::int8[], %s::bytea[],"
+    " %s::text[], %s::float8[]) AS v(func, name, sched_at, count, timeout, workload, by, secs)"
+    " ON CONFLICT (func, name) DO UPDATE SET"
+    " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count,"
+    " timeout = EXCLUDED.timeout, workload = EXCLUDED.workload,"
+    " claimed_by = EXCLUDED.claimed_by, lease_until = EXCLUDED.lease_until"
+    # never overwrite a live claim of another server
+    " WHERE j.claimed_by IS NULL OR j.claimed_by = %s"
+    f" OR j.lease_until IS NULL OR j.lease_until < {DB_NOW}"
+)
+_DELETE_JOBS: Final = (
+    "DELETE FROM periodic_jobs j USING unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
+    " WHERE j.func = v.func AND j.name = v.name"
+)
+_EXTEND_LEASES: Final = (
+    f"UPDATE periodic_jobs j SET lease_until = {DB_NOW} + v.secs"
+    " FROM unnest(%s::float8[], %s::bytea[], %s::bytea[]) AS v(secs, func, name)"
+    " WHERE j.func = v.func AND j.name = v.name AND j.claimed_by = %s"
+)
+_NOTIFY_ALL: Final = "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) AS n"
 _LOAD_JOBS: Final = "SELECT func, name, workload, sched_at, count, timeout FROM periodic_jobs"
 # Leases come out as seconds left on the database's clock.
 _LOAD_LEASES: Final = (
@@ -203,13 +220,43 @@ _CLAIM: Final = (
 _MAX_LISTEN_BACKOFF: Final = 5.0
 
 
-def _params(kind: type, rows: list[tuple[Any, ...]], me: str, now: float) -> list[tuple[Any, ...]]:
-    """``now``: this server's epoch seconds, to turn a lease_until into seconds left."""
+# Of the jobs put with a claim, those the write left claimed by us.
+_PUT_CLAIMED: Final = (
+    "SELECT j.func, j.name FROM periodic_jobs j"
+    " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
+    " ON j.func = v.func AND j.name = v.name WHERE j.claimed_by = %s"
+)
+
+
+def _batched(kind: type, run: list[Change], me: str, now: float) -> tuple[str, tuple[Any, ...]]:
+    """One statement and its array parameters for a run of PutJob, DeleteJob or
+    ExtendLease changes.  A key that occurs twice in a run keeps its last
+    change (one statement may not write a row twice)."""
+    last: dict[Handle, Change] = {}
+    for c in run:
+        h = (c.job.func, c.job.name) if isinstance(c, PutJob) else (c.func, c.name)  # type: ignore[union-attr]
+        last.pop(h, None)
+        last[h] = c
+    handles = list(last)
+    funcs, names = [h[0] for h in handles], [h[1] for h in handles]
     if kind is PutJob:
-        return [(*row, me) for row in rows]
-    if kind is ExtendLease:
-        return [(until - now, func, name, me) for func, name, until in rows]
-    return rows
+        puts = [c for c in last.values() if isinstance(c, PutJob)]
+        jobs = [c.job for c in puts]
+        return _PUT_JOBS, (
+            funcs, names,
+            [j.sched_at for j in jobs], [j.count for j in jobs], [j.timeout for j in jobs],
+            [j.workload for j in jobs],
+            [None if c.lease is None else me for c in puts],
+            [c.lease for c in puts],
+            me,
+        )  # fmt: skip
+    if kind is DeleteJob:
+        return _DELETE_JOBS, (funcs, names)
+    leases = [c for c in last.values() if isinstance(c, ExtendLease)]
+    return _EXTEND_LEASES, ([c.until - now for c in leases], funcs, names, me)
+
+
+_BATCHED: Final = (PutJob, DeleteJob, ExtendLease)
 
 
 # -- URIs ---------------------------------------------------------------------
@@ -267,6 +314,10 @@ class PostgresStore:
         self._clock = clock
         #: Number of transactions committed (group commit makes it << calls).
         self.commits = 0
+        #: Jobs put with a claim (``PutJob.lease``) that the write did not
+        #: claim: another server holds them.  The caller of ``commit`` takes
+        #: its own out once the call returned.
+        self.put_claims_refused: set[Handle] = set()
         self._pool: _Pool | None = None
         self._closed = False
         self._limiter = trio.CapacityLimiter(1)
@@ -472,7 +523,9 @@ class PostgresStore:
             min_size=1,
             max_size=self._pool_size,
             open=False,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            # No check on checkout: it costs a round trip per transaction; a
+            # broken connection fails the transaction, which is retried on a
+            # fresh one (_retrying).
             timeout=self._connect_timeout,
             name="trio-periodic",
         )
@@ -562,20 +615,37 @@ class PostgresStore:
         if pool is None:
             raise StoreError(f"{self.uri}: store is closed")
         me, now = self.server_id, self._clock()
+        changes = _without_moot_extensions(changes)
         notes = payloads(change_lines(me, changes))
+        claimed = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob) and c.lease]
+        # Pipeline mode: BEGIN, the statements, the check and COMMIT go out
+        # together, one round trip (plus the COMMIT's WAL flush); the check's
+        # rows are read once the COMMIT came back.
+        won: set[Handle] = set()
         try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                for kind, rows in change_runs(changes):
-                    params = _params(kind, rows, me, now)
-                    for sql in _SQL[kind]:
-                        cur.executemany(sql, params)
-                if notes:  # delivered on COMMIT, never on a rollback
-                    cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
+            with pool.connection() as conn, conn.pipeline(), conn.cursor() as cur:
+                with conn.transaction():
+                    for kind, run in groupby(changes, type):
+                        if kind in _BATCHED:
+                            cur.execute(*_batched(kind, list(run), me, now))
+                            continue
+                        params = [change_row(c) for c in run]
+                        for sql in _SQL[kind]:
+                            cur.executemany(sql, params)
+                    if notes:  # delivered on COMMIT, never on a rollback
+                        cur.execute(_NOTIFY_ALL, (CHANNEL, notes))
+                    if claimed:
+                        handles = ([h[0] for h in claimed], [h[1] for h in claimed], me)
+                        cur.execute(_PUT_CLAIMED, handles)
+                if claimed:
+                    won = set(cur.fetchall())
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
             raise StoreError(f"{self.uri}: commit failed: {exc}") from exc
         self.commits += 1
+        if claimed:
+            self.put_claims_refused.update(h for h in claimed if h not in won)
 
     def _claim_sync(
         self, claims: Sequence[tuple[bytes, bytes, float]]
@@ -599,7 +669,7 @@ class PostgresStore:
                     lasts = [wanted[h] - now for h in won]
                     cur.execute(_CLAIM, (me, [h[0] for h in won], [h[1] for h in won], lasts))
                     notes = payloads(claim_lines(me, won))
-                    cur.executemany(_NOTIFY, [(CHANNEL, note) for note in notes])
+                    cur.execute(_NOTIFY_ALL, (CHANNEL, notes))
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -608,6 +678,26 @@ class PostgresStore:
             return {}
         claimed = set(won)
         return {h: held.get(h) for h in wanted if h not in claimed}
+
+
+def _without_moot_extensions(changes: list[Change]) -> list[Change]:
+    """Drop each ExtendLease whose job a later change in the same transaction
+    deletes (a worker's JOB_ASSIGNED and WORK_DONE usually arrive together):
+    one row write less per job."""
+    if not any(isinstance(c, DeleteJob) for c in changes):
+        return changes
+    deleted_later: set[Handle] = set()
+    keep: list[Change] = []
+    for c in reversed(changes):
+        if isinstance(c, DeleteJob):
+            deleted_later.add((c.func, c.name))
+        elif isinstance(c, PutJob):
+            deleted_later.discard((c.job.func, c.job.name))
+        elif isinstance(c, ExtendLease) and (c.func, c.name) in deleted_later:
+            continue
+        keep.append(c)
+    keep.reverse()
+    return keep
 
 
 async def _in_thread(listener: Listener, fn: Callable[[], _T]) -> _T:

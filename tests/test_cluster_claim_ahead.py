@@ -1,0 +1,123 @@
+"""Cluster mode: jobs are claimed ahead, so most assignments need no round trip.
+
+The service with a fake shared store that records each claim, on MockClock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import trio
+import trio.testing
+from test_scheduler_service import add_worker
+
+from trio_periodic.protocol.job import Job
+from trio_periodic.protocol.packets import JobAssign
+from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.service import AHEAD_FRESH, Clock, SchedulerService
+from trio_periodic.store.base import Change, RemoteChange, StoredState
+
+
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class CountingSharedStore:
+    uri = "fake:"
+    durable = True
+    shared = True
+
+    def __init__(self) -> None:
+        self.claims: list[list[bytes]] = []
+
+    async def open(self) -> StoredState:
+        return StoredState()
+
+    async def commit(self, changes: Sequence[Change]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def claim(
+        self, claims: Sequence[tuple[bytes, bytes, float]]
+    ) -> dict[tuple[bytes, bytes], float | None]:
+        self.claims.append(sorted(name for _, name, _ in claims))
+        await trio.sleep(0.01)
+        return {}
+
+    async def watch(
+        self,
+        on_changes: Callable[[list[RemoteChange]], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_one_claim_serves_the_next_jobs_and_a_put_forgets_its_claim(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    clock = Clock()
+    store = CountingSharedStore()
+    svc = SchedulerService(Scheduler(), store, clock)
+    names = [b"j%d" % i for i in range(10)]
+    delivered: list[bytes] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run)
+            conn, outbox = add_worker(svc, b"f", slots=1)
+            for name in names:
+                svc.core.submit(Job(b"f", name), clock.now())
+            await svc.settle()
+
+            async def run_one() -> bytes:
+                _, msgid, packet = await outbox.next()
+                assert isinstance(packet, JobAssign)
+                svc.core.work_done(conn, b"f", packet.job.name, b"")
+                svc.core.add_slot(conn, msgid)
+                await svc.settle()
+                return packet.job.name
+
+            for _ in range(5):
+                delivered.append(await run_one())
+            # One claim round took the assigned job and the 9 due after it.
+            assert store.claims == [sorted(names)]
+            # Our own put of a job claimed ahead clears its claim in the store:
+            # it needs a claim of its own before it goes out.
+            svc.core.submit(Job(b"f", b"j9", workload=b"again"), clock.now())
+            await svc.settle()
+            for _ in range(5):
+                delivered.append(await run_one())
+            nursery.cancel_scope.cancel()
+    assert sorted(delivered) == sorted(names)
+    assert store.claims[1] == [b"j9"]
+
+
+async def test_a_stale_claim_ahead_is_claimed_again(mock_clock: trio.testing.MockClock) -> None:
+    """A job claimed ahead but not handed out within AHEAD_FRESH seconds goes
+    through a claim again: its lease may no longer outlast the worker's timeout."""
+    clock = Clock()
+    store = CountingSharedStore()
+    svc = SchedulerService(Scheduler(), store, clock)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run)
+            conn, outbox = add_worker(svc, b"f", slots=1)
+            for name in (b"a", b"b"):
+                svc.core.submit(Job(b"f", name), clock.now())
+            await svc.settle()
+            _, msgid, packet = await outbox.next()
+            assert isinstance(packet, JobAssign) and packet.job.name == b"a"
+            assert store.claims == [[b"a", b"b"]]
+            await trio.sleep(AHEAD_FRESH + 1)
+            svc.core.work_done(conn, b"f", b"a", b"")
+            svc.core.add_slot(conn, msgid)
+            await svc.settle()
+            _, _, packet = await outbox.next()
+            assert isinstance(packet, JobAssign) and packet.job.name == b"b"
+            nursery.cancel_scope.cancel()
+    assert store.claims == [[b"a", b"b"], [b"b"]]
