@@ -54,7 +54,6 @@ from trio_periodic.scheduler.effects import Assign, Effect, Push
 from trio_periodic.scheduler.lazyheap import LazyHeap
 from trio_periodic.scheduler.state import (
     _NO_ASSIGNMENTS,
-    _NO_LOCKS,
     ELSEWHERE,
     LOCKED,
     PENDING,
@@ -114,6 +113,9 @@ class Scheduler:
         self.config: dict[str, int] = dict(DEFAULTS)
         self.funcs: dict[bytes, FuncState] = {}
         self.locks: dict[bytes, Lock] = {}
+        #: Lock names each job holds or waits for, by handle (few jobs use locks,
+        #: so a table here costs nothing per job; a pending job may hold one).
+        self.job_locks: dict[Handle, set[bytes]] = {}
         self.waiters: dict[Handle, Waiters] = {}
         self.deadlines: LazyHeap[Assignment] = LazyHeap()
         self.waiter_expiry: SortedList = SortedList()  # (expires_at, seq, handle)
@@ -749,9 +751,10 @@ class Scheduler:
             return True
         if handle in lock.waiters:
             return False
-        if not entry.locks:
-            entry.locks = set()
-        entry.locks.add(lock_name)
+        held = self.job_locks.get(handle)
+        if held is None:
+            held = self.job_locks[handle] = set()
+        held.add(lock_name)
         if len(lock.holders) < lock.capacity:
             lock.holders.add(handle)
             return True
@@ -772,8 +775,11 @@ class Scheduler:
         if lock is None:
             return
         entry = self.entry(*handle)
-        if entry is not None and lock_name in entry.locks:
-            entry.locks.discard(lock_name)
+        held = self.job_locks.get(handle)
+        if held is not None:
+            held.discard(lock_name)
+            if not held:
+                del self.job_locks[handle]
         if handle in lock.holders:
             lock.holders.discard(handle)
             self._promote(lock)
@@ -796,10 +802,13 @@ class Scheduler:
             self._requeue(entry, entry.run_at)
 
     def _release_locks(self, entry: JobEntry) -> None:
-        if not entry.locks:
+        if not self.job_locks:
             return
         handle = (entry.func, entry.name)
-        for lock_name in list(entry.locks):
+        held = self.job_locks.pop(handle, None)
+        if held is None:
+            return
+        for lock_name in held:
             lock = self.locks.get(lock_name)
             if lock is None:
                 continue
@@ -810,7 +819,6 @@ class Scheduler:
                 lock.waiters.remove(handle)
             if not lock.holders and not lock.waiters:
                 del self.locks[lock_name]
-        entry.locks = _NO_LOCKS
 
     # ------------------------------------------------------- status & admin
 

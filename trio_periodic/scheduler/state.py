@@ -32,8 +32,7 @@ LOCKED = JobState.LOCKED
 ELSEWHERE = JobState.ELSEWHERE
 
 
-# Shared empty containers, never mutated: an entry gets its own on first use.
-_NO_LOCKS: set[bytes] = set()
+# A shared empty list, never mutated: an entry gets its own on first use.
 _NO_ASSIGNMENTS: list[Assignment] = []
 
 
@@ -46,7 +45,7 @@ class JobEntry(Job):
     precise time it becomes due (sub-second precision is kept inside so that a
     delay of 1 s means 1 s)."""
 
-    __slots__ = ("assignments", "key", "lease", "locks", "run_at", "state")
+    __slots__ = ("assignments", "key", "lease", "run_at", "state")
 
     def __init__(
         self,
@@ -73,8 +72,6 @@ class JobEntry(Job):
         # The workers holding the job (more than one only for broadcast funcs);
         # a shared empty list until the first assignment.
         self.assignments: list[Assignment] = _NO_ASSIGNMENTS
-        # Lock names this job holds or waits for; shared empty set until used.
-        self.locks: set[bytes] = _NO_LOCKS
 
     def snapshot(self) -> Job:
         """A plain Job with the current fields (for the store's write-ahead log)."""
