@@ -166,6 +166,7 @@ class Scheduler:
         return fs
 
     def effective_timeout(self, job: Job) -> int:
+        # Inlined in _hand_to and job_assigned (twice per job: a call costs there).
         return job.timeout if job.timeout > 0 else self.config["timeout"]
 
     def restore(self, state: StoredState, now: float) -> None:
@@ -258,11 +259,11 @@ class Scheduler:
         if assignment is None:
             return
         assignment.confirmed = True
-        deadline = now + self.effective_timeout(assignment.entry)
+        entry = assignment.entry
+        deadline = now + (entry.timeout if entry.timeout > 0 else self.config["timeout"])
         self._set_deadline(assignment, deadline)
         if self.shared:
-            job = assignment.entry
-            self.changes.append(ExtendLease(job.func, job.name, deadline + LEASE_GRACE))
+            self.changes.append(ExtendLease(entry.func, entry.name, deadline + LEASE_GRACE))
 
     def job_unassigned(self, conn: ConnState, msgid: int, now: float) -> None:
         """JOB_UNASSIGNED: the worker declines; the job goes back unchanged."""
@@ -438,7 +439,7 @@ class Scheduler:
             entry.assignments = [assignment]
         conn.open[msgid] = assignment
         conn.held[(entry.func, entry.name)] = assignment
-        timeout = self.effective_timeout(entry)
+        timeout = entry.timeout if entry.timeout > 0 else self.config["timeout"]
         self._set_deadline(assignment, now + timeout)
         self.counters["assigned"] += 1
         sent = Job(entry.func, entry.name, entry.workload, entry.sched_at, entry.count, timeout)
@@ -572,8 +573,9 @@ class Scheduler:
         if isinstance(stored, bytes):
             fs.queue.remove(stored)
             return
-        for assignment in list(stored.assignments):
-            self._drop_assignment(assignment)
+        if stored.assignments:
+            for assignment in list(stored.assignments):
+                self._drop_assignment(assignment)
         self._leave_state(stored, fs)
         stored.state = PENDING
 

@@ -31,11 +31,11 @@ import struct
 
 from trio_periodic.protocol.job import Job
 
-__all__ = ["fields", "name_of", "pack", "run_at_of", "sched_at_of", "unpack"]
+__all__ = ["fields", "pack", "run_at_of", "sched_at_of", "unpack"]
 
 # sign, run_at, seq, layout 0, sched_at, count, timeout, len(name)
 _COMPACT = struct.Struct(">BdQBqiiB")
-# The same, reading past run_at and seq (fewer objects to make).
+# The tail of the same, past run_at and seq (fewer objects to make).
 _COMPACT_READ = struct.Struct(">17xBqiiB")
 # sign, inverted run_at bits, seq, layout, sched_at, count, timeout, len(name)
 _COMPACT_NEG = struct.Struct(">BQQBqiiB")
@@ -44,7 +44,6 @@ _WIDE = struct.Struct(">BQQBII")
 _SIGN_RUN_AT = struct.Struct(">Bd")
 _RUN_AT_BITS = struct.Struct(">Q")
 _DOUBLE = struct.Struct(">d")
-_NAME_LEN = 34
 _BODY = _COMPACT.size  # 35
 _WIDE_BODY = _WIDE.size  # 26
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -62,30 +61,25 @@ def pack(job: Job, run_at: float, seq: int) -> bytes:
     """The record of ``job`` (its name, workload, sched_at, count and timeout;
     its func is the queue's) due at ``run_at`` (epoch seconds), queued ``seq``-th."""
     name = job.name
-    workload = job.workload
-    sched_at = job.sched_at
-    count = job.count
-    timeout = job.timeout
-    if run_at > 0:
-        try:
-            head = _COMPACT.pack(1, run_at, seq, 0, sched_at, count, timeout, len(name))
-        except struct.error:
-            return _pack_wide(run_at, seq, name, workload, sched_at, count, timeout)
-    else:  # zero (either sign) or negative: rare
-        try:
+    try:
+        if run_at > 0:
+            head = _COMPACT.pack(1, run_at, seq, 0, job.sched_at, job.count, job.timeout, len(name))
+        else:  # zero (either sign) or negative: rare
             sign, bits = _key_bits(run_at)
-            head = _COMPACT_NEG.pack(sign, bits, seq, 0, sched_at, count, timeout, len(name))
-        except struct.error:
-            return _pack_wide(run_at, seq, name, workload, sched_at, count, timeout)
-    return b"".join((head, name, workload))
+            head = _COMPACT_NEG.pack(
+                sign, bits, seq, 0, job.sched_at, job.count, job.timeout, len(name)
+            )
+    except struct.error:  # a value out of the compact layout's range
+        return _pack_wide(job, run_at, seq)
+    return b"".join((head, name, job.workload))
 
 
-def _pack_wide(
-    run_at: float, seq: int, name: bytes, workload: bytes, sched_at: int, count: int, timeout: int
-) -> bytes:
+def _pack_wide(job: Job, run_at: float, seq: int) -> bytes:
     sign, bits = _key_bits(run_at)
-    text = b"%d %d %d" % (sched_at, count, timeout)
-    return b"".join((_WIDE.pack(sign, bits, seq, 1, len(name), len(text)), text, name, workload))
+    name = job.name
+    text = b"%d %d %d" % (job.sched_at, job.count, job.timeout)
+    head = _WIDE.pack(sign, bits, seq, 1, len(name), len(text))
+    return b"".join((head, text, name, job.workload))
 
 
 def run_at_of(record: bytes) -> float:
@@ -115,11 +109,6 @@ def fields(record: bytes) -> tuple[bytes, bytes, int, int, int]:
     return record[start:end], record[end:], sched_at, count, timeout
 
 
-def name_of(record: bytes) -> bytes:
-    if record[17] == 0:
-        return record[_BODY : _BODY + record[_NAME_LEN]]
-    return unpack(record)[1]
-
-
 def sched_at_of(record: bytes) -> int:
+    """The job's sched_at (whole epoch seconds, as clients see it)."""
     return fields(record)[2]
