@@ -358,13 +358,15 @@ def expected_rows(core: Scheduler, now: float) -> dict[str, dict[str, int]]:
     """Per function, what its dashboard row must say, counted from the jobs themselves."""
     rows = {}
     for func, fs in core.funcs.items():
-        entries = list(fs.jobs.values())
+        # Through core.entry(): a pending job is stored packed, the entry is a copy.
+        entries = [core.entry(func, name) for name in fs.jobs]
+        assert all(e is not None for e in entries)
         rows[func.decode()] = {
             "workers": len(fs.workers),
-            "pending": sum(e.state is PENDING and e.run_at <= now for e in entries),
-            "scheduled": sum(e.state is PENDING and e.run_at > now for e in entries),
-            "running": sum(e.state in (RUNNING, ELSEWHERE) for e in entries),
-            "locked": sum(e.state is LOCKED for e in entries),
+            "pending": sum(e.state is PENDING and e.run_at <= now for e in entries if e),
+            "scheduled": sum(e.state is PENDING and e.run_at > now for e in entries if e),
+            "running": sum(e.state in (RUNNING, ELSEWHERE) for e in entries if e),
+            "locked": sum(e.state is LOCKED for e in entries if e),
         }
     return rows
 

@@ -443,3 +443,50 @@ def test_shared_mode_writes_hand_backs_and_lease_extensions() -> None:
     core.work_fail(w, b"f", b"a", T0 + 2)
     [change] = core.take_changes()
     assert isinstance(change, PutJob) and change.job.name == b"a"  # released for everyone
+
+
+def test_equal_due_times_go_out_first_come_first_served_and_a_replaced_job_goes_last() -> None:
+    core = Scheduler()
+    for name in (b"a", b"b", b"c", b"d"):
+        core.submit(Job(b"f", name, sched_at=int(T0) + 10), T0)
+    core.submit(Job(b"f", b"b", b"again", sched_at=int(T0) + 10), T0)  # replaced: last
+    core.remove_job(b"f", b"c")
+    worker(core, b"f", slots=4)
+    core.tick(T0 + 10)
+    assert [(a.job.name, a.job.workload) for a in assigns(core)] == [
+        (b"a", b""),
+        (b"d", b""),
+        (b"b", b"again"),
+    ]
+
+
+def test_values_out_of_the_compact_range_survive() -> None:
+    core = Scheduler()
+    big = Job(b"f", b"n" * 255, b"w", 2**62, 2**40, 2**35)
+    core.submit(big, T0)
+    assert [vars_of(j) for j in core.dump()] == [vars_of(big)]
+    entry = core.entry(b"f", b"n" * 255)
+    assert entry is not None and (entry.sched_at, entry.count, entry.timeout) == (
+        2**62,
+        2**40,
+        2**35,
+    )
+    assert core.status(T0) == b"f,0,1,0,0,%d" % 2**62
+
+
+def test_a_clock_at_or_before_the_epoch_still_orders_and_dispatches() -> None:
+    core = Scheduler()
+    w = worker(core, b"f", slots=3)
+    core.submit(Job(b"f", b"late", sched_at=0), 0.0)  # due at 0.0
+    core.submit(Job(b"f", b"early", sched_at=-20), -30.0)  # due at -20.0
+    core.submit(Job(b"f", b"earliest", sched_at=-100), -100.0)  # due at -100.0
+    core.tick(-50.0)
+    assert [a.job.name for a in assigns(core)] == [b"earliest"]
+    assert core.next_wakeup() == -20.0
+    core.tick(0.0)
+    assert [a.job.name for a in assigns(core)] == [b"early", b"late"]
+    assert w.slots == []
+
+
+def vars_of(job: Job) -> tuple[object, ...]:
+    return (job.func, job.name, job.workload, job.sched_at, job.count, job.timeout)

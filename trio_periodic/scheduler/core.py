@@ -9,11 +9,15 @@ deterministically by tests.
 
 State:
 
-* ``jobs`` maps a handle ``(func, name)`` to its ``JobEntry``.  A pending job
-  sits in its function's ``SortedList`` keyed by ``(run_at, seq)``: jobs of one
+* Each function (``FuncState``) maps its job names to the jobs.  A pending
+  job is one ``bytes`` record (``record.py``) that also sits in the
+  function's ``SortedList``; records sort by ``(run_at, seq)``, so jobs of one
   function go out in due-time order, first come first served among equal
-  times.  Entries in a SortedList never change while stored; to move a job we
-  remove its key, change it, and add a new key.
+  times.  Records never change; to move a job we remove its record and add a
+  new one.  A job that leaves the queue (a worker holds it, it waits for a
+  lock, another server holds it) becomes a ``JobEntry`` until it is pending
+  again or gone.  Pending jobs are the many (a million must fit in a few
+  hundred MB), the others are few: at most the workers' slots, plus locks.
 * Each connection (``ConnState``) has free grab slots (the msgids of its
   GRAB_JOBs), the assignments it has not confirmed yet (one per msgid at most)
   and every job it holds.
@@ -52,9 +56,9 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
 from trio_periodic.scheduler.lazyheap import LazyHeap
+from trio_periodic.scheduler.record import fields, pack, run_at_of, sched_at_of, unpack
 from trio_periodic.scheduler.state import (
     _NO_ASSIGNMENTS,
-    _NO_LOCKS,
     ELSEWHERE,
     LOCKED,
     PENDING,
@@ -64,7 +68,9 @@ from trio_periodic.scheduler.state import (
     FuncState,
     Handle,
     JobEntry,
+    JobState,
     Lock,
+    Stored,
     Waiters,
 )
 from trio_periodic.store.base import (
@@ -114,6 +120,9 @@ class Scheduler:
         self.config: dict[str, int] = dict(DEFAULTS)
         self.funcs: dict[bytes, FuncState] = {}
         self.locks: dict[bytes, Lock] = {}
+        #: Lock names each job holds or waits for, by handle (few jobs use locks,
+        #: so a table here costs nothing per job; a pending job may hold one).
+        self.job_locks: dict[Handle, set[bytes]] = {}
         self.waiters: dict[Handle, Waiters] = {}
         self.deadlines: LazyHeap[Assignment] = LazyHeap()
         self.waiter_expiry: SortedList = SortedList()  # (expires_at, seq, handle)
@@ -157,6 +166,7 @@ class Scheduler:
         return fs
 
     def effective_timeout(self, job: Job) -> int:
+        # Inlined in _hand_to and job_assigned (twice per job: a call costs there).
         return job.timeout if job.timeout > 0 else self.config["timeout"]
 
     def restore(self, state: StoredState, now: float) -> None:
@@ -169,9 +179,9 @@ class Scheduler:
         for job in state.jobs:
             self._put(job, now)
         for (func, name), lease_until in state.leases.items():
-            entry = self.entry(func, name)
-            if entry is not None and lease_until > now:
-                self._hold_elsewhere(entry, lease_until)
+            stored = self._lookup(func, name)
+            if stored is not None and lease_until > now:
+                self._hold_elsewhere(self.funcs[func], stored, lease_until)
         self.changes.clear()
 
     # ------------------------------------------------------------ connections
@@ -249,11 +259,11 @@ class Scheduler:
         if assignment is None:
             return
         assignment.confirmed = True
-        deadline = now + self.effective_timeout(assignment.entry)
+        entry = assignment.entry
+        deadline = now + (entry.timeout if entry.timeout > 0 else self.config["timeout"])
         self._set_deadline(assignment, deadline)
         if self.shared:
-            job = assignment.entry
-            self.changes.append(ExtendLease(job.func, job.name, deadline + LEASE_GRACE))
+            self.changes.append(ExtendLease(entry.func, entry.name, deadline + LEASE_GRACE))
 
     def job_unassigned(self, conn: ConnState, msgid: int, now: float) -> None:
         """JOB_UNASSIGNED: the worker declines; the job goes back unchanged."""
@@ -268,36 +278,57 @@ class Scheduler:
     # ------------------------------------------------------------- submitting
 
     def entry(self, func: bytes, name: bytes) -> JobEntry | None:
-        """The stored job with this handle, if any."""
+        """The stored job with this handle, if any.  A pending job comes back
+        as a detached copy in state PENDING: changing it changes nothing."""
+        fs = self.funcs.get(func)
+        if fs is None:
+            return None
+        stored = fs.jobs.get(name)
+        if isinstance(stored, bytes):
+            return self._unpacked(fs, stored)
+        return stored
+
+    def _lookup(self, func: bytes, name: bytes) -> Stored | None:
+        """The stored job with this handle: a record if pending, else its entry."""
         fs = self.funcs.get(func)
         return fs.jobs.get(name) if fs is not None else None
 
+    def _active(self, func: bytes, name: bytes) -> JobEntry | None:
+        """The job with this handle if it is not pending (held, locked, elsewhere)."""
+        fs = self.funcs.get(func)
+        if fs is None:
+            return None
+        stored = fs.jobs.get(name)
+        return None if stored is None or isinstance(stored, bytes) else stored
+
+    @staticmethod
+    def _unpacked(fs: FuncState, record: bytes) -> JobEntry:
+        run_at, name, workload, sched_at, count, timeout = unpack(record)
+        # fs.name: one bytes object per function, not one per job.
+        return JobEntry(fs.name, name, workload, sched_at, count, timeout, run_at)
+
     def submit(self, job: Job, now: float) -> None:
         """SUBMIT_JOB / LOAD: replace unless running, never create a duplicate."""
-        entry = self.entry(job.func, job.name)
+        entry = self._active(job.func, job.name)
         if entry is not None and (entry.state is RUNNING or entry.state is ELSEWHERE):
             return
         self.counters["submitted"] += 1
         self._put(job, now)
 
-    def _put(self, job: Job, now: float) -> JobEntry:
+    def _put(self, job: Job, now: float) -> None:
         if job.sched_at < now:
             run_at = now
             job.sched_at = int(now)
         else:
             run_at = float(job.sched_at)
         fs = self._func(job.func)
-        old = fs.jobs.get(job.name)
+        name = job.name
+        old = fs.jobs.get(name)
         if old is not None:
-            self._forget(old, fs)
-        # fs.name: one bytes object per function, not one per job.
-        entry = JobEntry(
-            fs.name, job.name, job.workload, job.sched_at, job.count, job.timeout, run_at
-        )
-        fs.jobs[job.name] = entry
-        self._enqueue(entry, fs)
+            self._forget(fs, name, old)
+        self._seq += 1
+        self._enqueue(fs, name, pack(job, run_at, self._seq))
         self.changes.append(PutJob(job))
-        return entry
 
     def run_job(self, conn: ConnState, msgid: int, job: Job, now: float) -> bool:
         """RUN_JOB: False means NO_WORKER.  The result arrives later as a Push."""
@@ -341,20 +372,21 @@ class Scheduler:
                 continue
             queue = fs.queue
             while queue:
-                run_at, _, entry = queue[0]
+                record = queue[0]
+                run_at = run_at_of(record)
                 if run_at > now:
                     if run_at < fs.timer_at:
                         fs.timer_at = run_at
                         heapq.heappush(self.timers, (run_at, func))
                     break
                 if fs.broadcast:
-                    if not self._assign_broadcast(fs, entry, now):
+                    if not self._assign_broadcast(fs, record, run_at, now):
                         break
                 else:
                     conn = self._pick_worker(fs)
                     if conn is None:
                         break
-                    self._assign(entry, fs, conn, now)
+                    self._assign(fs, record, run_at, conn, now)
 
     def _pick_worker(self, fs: FuncState) -> ConnState | None:
         """Round robin over the function's workers that have a free slot."""
@@ -369,22 +401,33 @@ class Scheduler:
                 return conn
         return None
 
-    def _assign(self, entry: JobEntry, fs: FuncState, conn: ConnState, now: float) -> None:
-        self._pop_head(entry, fs)
-        entry.state = RUNNING
+    def _assign(
+        self, fs: FuncState, record: bytes, run_at: float, conn: ConnState, now: float
+    ) -> None:
+        """Hand the function's earliest job (``record``, due at ``run_at``) to ``conn``."""
+        del fs.queue[0]
+        entry = self._activate(fs, record, run_at, RUNNING)
         fs.nrunning += 1
         self._hand_to(entry, conn, now)
 
-    def _assign_broadcast(self, fs: FuncState, entry: JobEntry, now: float) -> bool:
+    def _assign_broadcast(self, fs: FuncState, record: bytes, run_at: float, now: float) -> bool:
         takers = [conn for conn in fs.workers if conn.slots]
         if not takers:
             return False
-        self._pop_head(entry, fs)
-        entry.state = RUNNING
+        del fs.queue[0]
+        entry = self._activate(fs, record, run_at, RUNNING)
         fs.nrunning += 1
         for conn in takers:
             self._hand_to(entry, conn, now)
         return True
+
+    def _activate(self, fs: FuncState, record: bytes, run_at: float, state: JobState) -> JobEntry:
+        """A job taken off its queue becomes an entry (the caller removed the record)."""
+        name, workload, sched_at, count, timeout = fields(record)
+        entry = JobEntry(fs.name, name, workload, sched_at, count, timeout, run_at)
+        entry.state = state
+        fs.jobs[name] = entry
+        return entry
 
     def _hand_to(self, entry: JobEntry, conn: ConnState, now: float) -> None:
         msgid = conn.slots.pop()
@@ -396,7 +439,7 @@ class Scheduler:
             entry.assignments = [assignment]
         conn.open[msgid] = assignment
         conn.held[(entry.func, entry.name)] = assignment
-        timeout = self.effective_timeout(entry)
+        timeout = entry.timeout if entry.timeout > 0 else self.config["timeout"]
         self._set_deadline(assignment, now + timeout)
         self.counters["assigned"] += 1
         sent = Job(entry.func, entry.name, entry.workload, entry.sched_at, entry.count, timeout)
@@ -406,12 +449,12 @@ class Scheduler:
 
     def work_done(self, conn: ConnState, func: bytes, name: bytes, data: bytes) -> None:
         """WORK_DONE: the job is finished, whoever reports it."""
-        entry = self.entry(func, name)
+        stored = self._lookup(func, name)
         self._release_sender(conn, (func, name))
-        if entry is None:
+        if stored is None:
             return
         self.counters["done"] += 1
-        self._finish(entry, data)
+        self._finish(self.funcs[func], name, data)
 
     def work_fail(self, conn: ConnState, func: bytes, name: bytes, now: float) -> None:
         entry = self._reported(conn, (func, name))
@@ -424,9 +467,9 @@ class Scheduler:
         entry = self._reported(conn, (func, name))
         if entry is None:
             return
-        self._release_locks(entry)
+        self._release_locks((func, name))
         if (func, name) in self.waiters and self.waiters[(func, name)].results:
-            self._finish(entry, RESULT_FAILED)
+            self._finish(self.funcs[func], name, RESULT_FAILED)
             return
         run_at = now + delay
         self.counters["rescheduled"] += 1
@@ -455,7 +498,7 @@ class Scheduler:
         fix: a report from a connection that does not hold the job is ignored
         while another worker holds it (a late WORK_FAIL after a timeout must
         not take the job away from its new worker)."""
-        entry = self.entry(*handle)
+        entry = self._active(*handle)
         mine = self._release_sender(conn, handle)
         if entry is None or entry.state is not RUNNING:
             return None
@@ -466,19 +509,19 @@ class Scheduler:
             return None
         return entry
 
-    def _finish(self, entry: JobEntry, result: bytes) -> None:
-        self._delete(entry)
-        self.changes.append(DeleteJob(entry.func, entry.name))
-        self._notify(entry.func, entry.name, result)
+    def _finish(self, fs: FuncState, name: bytes, result: bytes) -> None:
+        self._delete(fs, name)
+        self.changes.append(DeleteJob(fs.name, name))
+        self._notify(fs.name, name, result)
 
     def _fail(self, entry: JobEntry, now: float) -> None:
         """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly."""
         self.counters["failed"] += 1
-        self._release_locks(entry)
         handle = (entry.func, entry.name)
+        self._release_locks(handle)
         waiters = self.waiters.get(handle)
         if waiters is not None and waiters.results:
-            self._finish(entry, RESULT_FAILED)
+            self._finish(self.funcs[entry.func], entry.name, RESULT_FAILED)
             return
         for assignment in list(entry.assignments):
             self._drop_assignment(assignment)
@@ -500,10 +543,9 @@ class Scheduler:
     # ------------------------------------------------------------ removal
 
     def remove_job(self, func: bytes, name: bytes) -> None:
-        entry = self.entry(func, name)
-        if entry is not None:
+        if self._lookup(func, name) is not None:
             self.counters["removed"] += 1
-            self._delete(entry)
+            self._delete(self.funcs[func], name)
             self.changes.append(DeleteJob(func, name))
         self._notify(func, name, RESULT_REMOVED)
 
@@ -526,37 +568,39 @@ class Scheduler:
         fs = self.funcs.get(func)
         if fs is None or fs.workers:
             return False
-        for entry in list(fs.jobs.values()):
-            self._delete(entry)
-            self._notify(func, entry.name, RESULT_REMOVED)
+        for name in list(fs.jobs):
+            self._delete(fs, name)
+            self._notify(func, name, RESULT_REMOVED)
         del self.funcs[func]
         self.candidates.discard(func)
         self.changes.append(DeleteFunc(func))
         return True
 
-    def _delete(self, entry: JobEntry) -> None:
-        """Take a job out of every structure (queue, holders, locks)."""
-        fs = self.funcs[entry.func]
-        self._forget(entry, fs)
-        del fs.jobs[entry.name]
+    def _delete(self, fs: FuncState, name: bytes) -> None:
+        """Take a stored job out of every structure (queue, holders, locks)."""
+        self._forget(fs, name, fs.jobs[name])
+        del fs.jobs[name]
 
-    def _forget(self, entry: JobEntry, fs: FuncState) -> None:
-        self._release_locks(entry)
-        for assignment in list(entry.assignments):
-            self._drop_assignment(assignment)
-        self._leave_state(entry, fs)
-        entry.state = PENDING
+    def _forget(self, fs: FuncState, name: bytes, stored: Stored) -> None:
+        if self.job_locks:
+            self._release_locks((fs.name, name))
+        if isinstance(stored, bytes):
+            fs.queue.remove(stored)
+            return
+        if stored.assignments:
+            for assignment in list(stored.assignments):
+                self._drop_assignment(assignment)
+        self._leave_state(stored, fs)
+        stored.state = PENDING
 
     def _leave_state(self, entry: JobEntry, fs: FuncState) -> None:
         """Undo the bookkeeping of the job's current state (before a new one)."""
         state = entry.state
-        if state is PENDING:
-            self._dequeue(entry, fs)
-        elif state is RUNNING:
+        if state is RUNNING:
             fs.nrunning -= 1
         elif state is LOCKED:
             fs.nlocked -= 1
-        else:  # ELSEWHERE
+        elif state is ELSEWHERE:
             fs.nrunning -= 1
             if entry.lease is not None:
                 self.leases.remove(entry.lease)
@@ -564,34 +608,24 @@ class Scheduler:
 
     # ---------------------------------------------------------- queue helpers
 
-    def _enqueue(self, entry: JobEntry, fs: FuncState) -> None:
-        key = (entry.run_at, self._next_seq(), entry)
-        entry.key = key
-        entry.state = PENDING
+    def _enqueue(self, fs: FuncState, name: bytes, record: bytes) -> None:
+        fs.jobs[name] = record
         queue = fs.queue
-        queue.add(key)
-        if queue[0] is key and fs.workers:
+        queue.add(record)
+        if queue[0] is record and fs.workers:
             self.candidates.add(fs.name)
 
-    def _pop_head(self, entry: JobEntry, fs: FuncState) -> None:
-        """Take the function's earliest job (``entry``) off its queue."""
-        del fs.queue[0]
-        entry.key = None
-
-    def _dequeue(self, entry: JobEntry, fs: FuncState) -> None:
-        if entry.key is not None:
-            fs.queue.remove(entry.key)
-            entry.key = None
-
     def _requeue(self, entry: JobEntry, run_at: float, release: bool = True) -> None:
-        """The job becomes pending again at ``run_at``.
+        """The job becomes pending again at ``run_at``; ``entry`` is then detached.
 
         With a shared store, handing a job back (``release``) is written to
         the store so that other servers see it pending and our claim ends."""
         fs = self.funcs[entry.func]
         self._leave_state(entry, fs)
+        entry.state = PENDING
         entry.run_at = run_at
-        self._enqueue(entry, fs)
+        self._seq += 1
+        self._enqueue(fs, entry.name, pack(entry, run_at, self._seq))
         if release and self.shared:
             self.changes.append(PutJob(entry.snapshot()))
 
@@ -666,10 +700,9 @@ class Scheduler:
 
     def _expire_waiters(self, handle: Handle) -> None:
         """A RUN_JOB / RECV_DATA wait ran out: the job is deleted (``expired``)."""
-        entry = self.entry(*handle)
-        if entry is not None:
+        if self._lookup(*handle) is not None:
             self.counters["expired"] += 1
-            self._delete(entry)
+            self._delete(self.funcs[handle[0]], handle[1])
             self.changes.append(DeleteJob(*handle))
         self._notify(handle[0], handle[1], RESULT_EXPIRED)
 
@@ -686,22 +719,28 @@ class Scheduler:
         for fs in self.funcs.values():
             if not fs.workers or fs.broadcast:
                 continue
-            for run_at, _, entry in fs.queue:
-                if run_at > now or len(out) >= limit:
+            default = self.config["timeout"]
+            for record in fs.queue:
+                if run_at_of(record) > now or len(out) >= limit:
                     break
-                if (entry.func, entry.name) not in skip:
-                    out.append((entry.func, entry.name, self.effective_timeout(entry)))
+                name, _, _, _, timeout = fields(record)
+                if (fs.name, name) not in skip:
+                    out.append((fs.name, name, timeout if timeout > 0 else default))
             if len(out) >= limit:
                 break
         return out
 
-    def _hold_elsewhere(self, entry: JobEntry, lease_until: float) -> None:
+    def _hold_elsewhere(self, fs: FuncState, stored: Stored, lease_until: float) -> None:
         """Another server holds the job until ``lease_until``."""
-        fs = self.funcs[entry.func]
-        for assignment in list(entry.assignments):
-            self._drop_assignment(assignment)
-        self._leave_state(entry, fs)
-        entry.state = ELSEWHERE
+        if isinstance(stored, bytes):
+            fs.queue.remove(stored)
+            entry = self._activate(fs, stored, run_at_of(stored), ELSEWHERE)
+        else:
+            entry = stored
+            for assignment in list(entry.assignments):
+                self._drop_assignment(assignment)
+            self._leave_state(entry, fs)
+            entry.state = ELSEWHERE
         fs.nrunning += 1
         entry.lease = (lease_until, self._next_seq(), entry)
         self.leases.add(entry.lease)
@@ -722,37 +761,38 @@ class Scheduler:
         self._drop_assignment(assignment)
         self.add_slot(conn, assignment.msgid)
         handle = (entry.func, entry.name)
-        if entry.assignments or self.entry(*handle) is not entry:
+        if entry.assignments or self._lookup(*handle) is not entry:
             return
+        fs = self.funcs[entry.func]
         if lease_until is not None:
             self._unclaimable.pop(handle, None)
-            self._hold_elsewhere(entry, lease_until)
+            self._hold_elsewhere(fs, entry, lease_until)
             return
         tries = self._unclaimable.get(handle, 0) + 1
         if tries > MISSING_ROW_TRIES:
             del self._unclaimable[handle]
-            self._delete(entry)
+            self._delete(fs, entry.name)
             self._notify(entry.func, entry.name, RESULT_REMOVED)
             return
         self._unclaimable[handle] = tries
-        self._hold_elsewhere(entry, now + min(0.01 * 2**tries, 2.0))
+        self._hold_elsewhere(fs, entry, now + min(0.01 * 2**tries, 2.0))
 
     def remote_apply(self, changes: Iterable[RemoteChange], now: float) -> None:
         """Mirror what other servers sharing the store did."""
         for change in changes:
             if isinstance(change, RemoteJob):
                 job = change.job
-                entry = self.entry(job.func, job.name)
+                entry = self._active(job.func, job.name)
                 if entry is not None and entry.state is RUNNING:
                     continue  # we hold it; our claim stands until we report
-                entry = self._put(job, now)
+                self._put(job, now)
                 self.changes.pop()  # already in the store
                 if change.lease_until is not None and change.lease_until > now:
-                    self._hold_elsewhere(entry, change.lease_until)
+                    held = self.funcs[job.func]
+                    self._hold_elsewhere(held, held.jobs[job.name], change.lease_until)
             elif isinstance(change, RemoteDelete):
-                entry = self.entry(change.func, change.name)
-                if entry is not None:
-                    self._delete(entry)
+                if self._lookup(change.func, change.name) is not None:
+                    self._delete(self.funcs[change.func], change.name)
                 # fix over the reference: a waiter here learns the job ended
                 # elsewhere instead of waiting until it expires.
                 self._notify(change.func, change.name, RESULT_REMOVED)
@@ -760,9 +800,9 @@ class Scheduler:
                 fs = self.funcs.get(change.func)
                 if fs is None:
                     continue
-                for entry in list(fs.jobs.values()):
-                    self._delete(entry)
-                    self._notify(change.func, entry.name, RESULT_REMOVED)
+                for name in list(fs.jobs):
+                    self._delete(fs, name)
+                    self._notify(change.func, name, RESULT_REMOVED)
                 if not fs.workers:
                     del self.funcs[change.func]
             elif isinstance(change, RemoteConfig) and change.key in self.config:
@@ -772,7 +812,7 @@ class Scheduler:
 
     def acquire(self, lock_name: bytes, count: int, func: bytes, name: bytes) -> bool:
         handle = (func, name)
-        entry = self.entry(*handle)
+        entry = self._active(*handle)
         if entry is None or entry.state is not RUNNING:
             return True
         lock = self.locks.get(lock_name)
@@ -783,9 +823,10 @@ class Scheduler:
             return True
         if handle in lock.waiters:
             return False
-        if not entry.locks:
-            entry.locks = set()
-        entry.locks.add(lock_name)
+        held = self.job_locks.get(handle)
+        if held is None:
+            held = self.job_locks[handle] = set()
+        held.add(lock_name)
         if len(lock.holders) < lock.capacity:
             lock.holders.add(handle)
             return True
@@ -805,9 +846,12 @@ class Scheduler:
         lock = self.locks.get(lock_name)
         if lock is None:
             return
-        entry = self.entry(*handle)
-        if entry is not None and lock_name in entry.locks:
-            entry.locks.discard(lock_name)
+        entry = self._active(*handle)
+        held = self.job_locks.get(handle)
+        if held is not None:
+            held.discard(lock_name)
+            if not held:
+                del self.job_locks[handle]
         if handle in lock.holders:
             lock.holders.discard(handle)
             self._promote(lock)
@@ -823,17 +867,19 @@ class Scheduler:
         promoted job keeps its place in time: it was due when it was parked."""
         while lock.waiters and len(lock.holders) < lock.capacity:
             handle = lock.waiters.pop(0)
-            entry = self.entry(*handle)
+            entry = self._active(*handle)
             if entry is None or entry.state is not LOCKED:
                 continue  # gone meanwhile: the place goes to the next one
             lock.holders.add(handle)
             self._requeue(entry, entry.run_at)
 
-    def _release_locks(self, entry: JobEntry) -> None:
-        if not entry.locks:
+    def _release_locks(self, handle: Handle) -> None:
+        if not self.job_locks:
             return
-        handle = (entry.func, entry.name)
-        for lock_name in list(entry.locks):
+        held = self.job_locks.pop(handle, None)
+        if held is None:
+            return
+        for lock_name in held:
             lock = self.locks.get(lock_name)
             if lock is None:
                 continue
@@ -844,7 +890,6 @@ class Scheduler:
                 lock.waiters.remove(handle)
             if not lock.holders and not lock.waiters:
                 del self.locks[lock_name]
-        entry.locks = _NO_LOCKS
 
     # ------------------------------------------------------- status & admin
 
@@ -857,7 +902,7 @@ class Scheduler:
             if only is not None and name not in only:
                 continue
             fs = self.funcs[name]
-            schedat = fs.queue[0][2].sched_at if fs.queue else int(now)
+            schedat = sched_at_of(fs.queue[0]) if fs.queue else int(now)
             rows.append(
                 StatusRow(name, len(fs.workers), len(fs.jobs), fs.nrunning, fs.nlocked, schedat)
             )
@@ -868,7 +913,12 @@ class Scheduler:
         return b"\n".join(b"%s,%d,%d,%d,%d,%d" % row for row in self.status_rows(now, only))
 
     def dump(self) -> list[JobEntry]:
-        return [entry for fs in self.funcs.values() for entry in fs.jobs.values()]
+        """Every stored job (pending ones as detached copies)."""
+        return [
+            self._unpacked(fs, stored) if isinstance(stored, bytes) else stored
+            for fs in self.funcs.values()
+            for stored in fs.jobs.values()
+        ]
 
     def load(self, jobs: Iterable[Job], now: float) -> None:
         for job in jobs:

@@ -32,21 +32,22 @@ LOCKED = JobState.LOCKED
 ELSEWHERE = JobState.ELSEWHERE
 
 
-# Shared empty containers, never mutated: an entry gets its own on first use.
-_NO_LOCKS: set[bytes] = set()
+# A shared empty list, never mutated: an entry gets its own on first use.
 _NO_ASSIGNMENTS: list[Assignment] = []
 
 
 class JobEntry(Job):
-    """One stored job: the job's own fields plus the scheduler's bookkeeping.
+    """A job that is not pending: a worker holds it, it waits for a lock or
+    another server holds it.  A pending job is a packed record instead
+    (``record.py``); it becomes an entry when it leaves its queue and a record
+    again when it goes back.
 
-    It *is* a ``Job`` (so DUMP and JOB_ASSIGN encode it directly) to save an
-    object per job: with a million pending jobs every field counts.
-    ``sched_at`` is the whole-second value clients see; ``run_at`` is the
-    precise time it becomes due (sub-second precision is kept inside so that a
-    delay of 1 s means 1 s)."""
+    It *is* a ``Job`` (so DUMP encodes it directly).  ``sched_at`` is the
+    whole-second value clients see; ``run_at`` is the precise time it became
+    due (sub-second precision is kept inside so that a delay of 1 s means
+    1 s)."""
 
-    __slots__ = ("assignments", "key", "lease", "locks", "run_at", "state")
+    __slots__ = ("assignments", "lease", "run_at", "state")
 
     def __init__(
         self,
@@ -66,15 +67,11 @@ class JobEntry(Job):
         self.timeout = timeout
         self.run_at = run_at
         self.state = PENDING
-        # (run_at, seq, self) while queued in its function's SortedList.
-        self.key: tuple[float, int, JobEntry] | None = None
         # (lease_until, seq, self) while another server holds the job.
         self.lease: tuple[float, int, JobEntry] | None = None
         # The workers holding the job (more than one only for broadcast funcs);
         # a shared empty list until the first assignment.
         self.assignments: list[Assignment] = _NO_ASSIGNMENTS
-        # Lock names this job holds or waits for; shared empty set until used.
-        self.locks: set[bytes] = _NO_LOCKS
 
     def snapshot(self) -> Job:
         """A plain Job with the current fields (for the store's write-ahead log)."""
@@ -100,12 +97,17 @@ class Assignment:
         self.key: list[object] | None = None
 
 
+#: A stored job: its record (``bytes``) while pending, else its entry.
+Stored = bytes | JobEntry
+
+
 @dataclass(eq=False, slots=True)
 class FuncState:
     name: bytes
     # Every stored job of the function, by name.
-    jobs: dict[bytes, JobEntry] = field(default_factory=dict)
-    # Pending jobs ordered by (run_at, seq): FIFO among equal run times.
+    jobs: dict[bytes, Stored] = field(default_factory=dict)
+    # The records of the pending jobs; as bytes they sort by (run_at, seq):
+    # due time first, FIFO among equal run times.
     queue: SortedList = field(default_factory=SortedList)
     workers: list[ConnState] = field(default_factory=list)
     rr: int = 0

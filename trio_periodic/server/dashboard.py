@@ -21,12 +21,12 @@ are found by scanning its jobs, which stops as soon as all of them are found
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
 from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.record import due_bound, fields, run_at_of
 from trio_periodic.scheduler.state import (
     ELSEWHERE,
     LOCKED,
@@ -64,7 +64,7 @@ def _visible(core: Scheduler, visible: Collection[bytes] | None) -> list[FuncSta
 
 def _due(fs: FuncState, now: float) -> int:
     """How many of the function's pending jobs are due at ``now``."""
-    return int(fs.queue.bisect_left((now, math.inf)))
+    return int(fs.queue.bisect_left(due_bound(now)))
 
 
 # ------------------------------------------------------------------ functions
@@ -84,8 +84,8 @@ def func_row(fs: FuncState, now: float) -> dict[str, Any]:
         "locked": fs.nlocked,
         # Epoch seconds: when the longest-waiting due job became due, and when
         # the next scheduled one will; null when there is none.
-        "oldest_pending": queue[0][0] if due else None,
-        "next_scheduled": queue[due][0] if due < len(queue) else None,
+        "oldest_pending": run_at_of(queue[0]) if due else None,
+        "next_scheduled": run_at_of(queue[due]) if due < len(queue) else None,
     }
 
 
@@ -105,7 +105,7 @@ def _held(fs: FuncState, states: Collection[object]) -> Iterator[JobEntry]:
     if not left:
         return
     for entry in fs.jobs.values():
-        if entry.state is not PENDING:
+        if not isinstance(entry, bytes) and entry.state is not PENDING:
             if entry.state in states:
                 yield entry
             left -= 1
@@ -113,7 +113,9 @@ def _held(fs: FuncState, states: Collection[object]) -> Iterator[JobEntry]:
                 return
 
 
-def job_view(entry: JobEntry, now: float, describe: Describe) -> dict[str, Any]:
+def job_view(
+    entry: JobEntry, now: float, describe: Describe, locks: Collection[bytes] = ()
+) -> dict[str, Any]:
     state = entry.state
     if state is PENDING:
         label = "pending" if entry.run_at <= now else "scheduled"
@@ -142,8 +144,18 @@ def job_view(entry: JobEntry, now: float, describe: Describe) -> dict[str, Any]:
         "workload_bytes": len(entry.workload),
         "held_by": holders,
         "lease_until": entry.lease[0] if entry.lease is not None else None,
-        "locks": sorted(text(lock) for lock in entry.locks),
+        "locks": sorted(text(lock) for lock in locks),
     }
+
+
+def _pending(core: Scheduler, fs: FuncState, records: Iterable[bytes]) -> list[JobEntry]:
+    """Detached entries (copies) for packed pending records."""
+    out = []
+    for record in records:
+        entry = core.entry(fs.name, fields(record)[0])
+        if entry is not None:
+            out.append(entry)
+    return out
 
 
 def jobs_view(
@@ -174,7 +186,7 @@ def jobs_view(
     if state in ("pending", "scheduled"):
         lo, hi = (0, due) if state == "pending" else (due, len(queue))
         total = hi - lo
-        page = [key[2] for key in queue.islice(lo + offset, min(hi, lo + offset + limit))]
+        page = _pending(core, fs, queue.islice(lo + offset, min(hi, lo + offset + limit)))
     else:
         held = list(_held(fs, held_states[state]))
         held.sort(key=lambda e: (e.state, e.run_at, e.name))
@@ -183,7 +195,7 @@ def jobs_view(
             page = held[offset : offset + limit]
             start = max(0, offset - len(held))
             if len(page) < limit:
-                page += [key[2] for key in queue.islice(start, start + limit - len(page))]
+                page += _pending(core, fs, queue.islice(start, start + limit - len(page)))
         else:
             total = len(held)
             page = held[offset : offset + limit]
@@ -194,7 +206,10 @@ def jobs_view(
         "offset": offset,
         "limit": limit,
         "total": total,
-        "jobs": [job_view(entry, now, describe) for entry in page],
+        "jobs": [
+            job_view(entry, now, describe, core.job_locks.get((func, entry.name), ()))
+            for entry in page
+        ],
     }
 
 
