@@ -5,18 +5,16 @@ The service with a fake shared store that records each claim, on MockClock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import pytest
 import trio
 import trio.testing
+from fake_shared_store import FakeSharedStore
 from test_scheduler_service import add_worker
 
 from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import AHEAD_FRESH, Clock, SchedulerService
-from trio_periodic.store.base import Change, RemoteChange, StoredState
 
 
 @pytest.fixture
@@ -24,38 +22,8 @@ def mock_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-class CountingSharedStore:
-    uri = "fake:"
-    durable = True
-    shared = True
-
-    def __init__(self) -> None:
-        self.claims: list[list[bytes]] = []
-
-    async def open(self) -> StoredState:
-        return StoredState()
-
-    async def commit(self, changes: Sequence[Change]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    async def claim(
-        self, claims: Sequence[tuple[bytes, bytes, float]]
-    ) -> dict[tuple[bytes, bytes], float | None]:
-        self.claims.append(sorted(name for _, name, _ in claims))
-        await trio.sleep(0.01)
-        return {}
-
-    async def watch(
-        self,
-        on_changes: Callable[[list[RemoteChange]], None],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        await trio.sleep_forever()
+class CountingSharedStore(FakeSharedStore):
+    """Every claim succeeds; the claims are counted."""
 
 
 async def test_one_claim_serves_the_next_jobs_and_a_put_forgets_its_claim(

@@ -15,11 +15,12 @@ The service with a fake shared store, on MockClock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 import trio
 import trio.testing
+from fake_shared_store import Claims, FakeSharedStore, Refused
 from test_scheduler_service import add_worker
 
 from trio_periodic.protocol.job import Job
@@ -27,12 +28,9 @@ from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import Clock, SchedulerService
 from trio_periodic.store.base import (
-    Change,
-    RemoteChange,
     RemoteDelete,
     RemoteJob,
     SharedStore,
-    StoredState,
     StoreError,
 )
 
@@ -42,35 +40,18 @@ def mock_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-class RacingSharedStore:
+class RacingSharedStore(FakeSharedStore):
     """While the claim of ``victim`` is in flight, another server's change to
     it arrives (``during``); the claim then refuses it or fails."""
 
-    uri = "fake:"
-    durable = True
-    shared = True
-
     def __init__(self, victim: bytes, outcome: str, epoch_now: Callable[[], float]) -> None:
+        super().__init__()
         self.victim = victim
         self.outcome = outcome  # "gone", "held" or "error"
         self.now = epoch_now
         self.during: Callable[[], None] = lambda: None
-        self.claims: list[list[bytes]] = []
 
-    async def open(self) -> StoredState:
-        return StoredState()
-
-    async def commit(self, changes: Sequence[Change]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    async def claim(
-        self, claims: Sequence[tuple[bytes, bytes, float]]
-    ) -> dict[tuple[bytes, bytes], float | None]:
-        self.claims.append(sorted(name for _, name, _ in claims))
-        await trio.sleep(0.01)  # the round trip, during which the notification lands
+    def answer(self, claims: Claims) -> Refused:
         hit = [(f, n) for f, n, _ in claims if n == self.victim]
         if hit:
             self.during()
@@ -80,15 +61,6 @@ class RacingSharedStore:
                 return {h: self.now() + 3600 for h in hit}
             return dict.fromkeys(hit)
         return {}
-
-    async def watch(
-        self,
-        on_changes: Callable[[list[RemoteChange]], None],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        await trio.sleep_forever()
 
 
 @pytest.mark.parametrize("outcome", ["gone", "held", "error"])

@@ -9,11 +9,12 @@ one of the failed round must be retried, not left assigned to nobody.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 import trio
 import trio.testing
+from fake_shared_store import Claims, FakeSharedStore, Refused
 from test_scheduler_service import add_worker
 
 from trio_periodic.protocol.job import Job
@@ -22,10 +23,7 @@ from trio_periodic.scheduler import service
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import Clock, SchedulerService
 from trio_periodic.store.base import (
-    Change,
-    RemoteChange,
     SharedStore,
-    StoredState,
     StoreError,
 )
 
@@ -35,46 +33,20 @@ def mock_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-class FlakySharedStore:
+class FlakySharedStore(FakeSharedStore):
     """Claim 1 refuses ``busy`` (held elsewhere for an hour); claim 2 fails; the rest succeed."""
 
-    uri = "fake:"
-    durable = True
-    shared = True
-
     def __init__(self, busy: bytes, epoch_now: Callable[[], float]) -> None:
+        super().__init__()
         self.busy = busy
         self.now = epoch_now
-        self.claims: list[list[bytes]] = []
 
-    async def open(self) -> StoredState:
-        return StoredState()
-
-    async def commit(self, changes: Sequence[Change]) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    async def claim(
-        self, claims: Sequence[tuple[bytes, bytes, float]]
-    ) -> dict[tuple[bytes, bytes], float | None]:
-        self.claims.append(sorted(name for _, name, _ in claims))
-        await trio.sleep(0.01)  # a round trip
+    def answer(self, claims: Claims) -> Refused:
         if len(self.claims) == 2:
             raise StoreError("fake: no connection to the database within 10 s")
         if len(self.claims) == 1:
             return {(f, n): self.now() + 3600 for f, n, _ in claims if n == self.busy}
         return {}
-
-    async def watch(
-        self,
-        on_changes: Callable[[list[RemoteChange]], None],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        await trio.sleep_forever()
 
 
 async def test_a_failed_claim_round_loses_no_assignment(
