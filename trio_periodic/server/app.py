@@ -56,8 +56,9 @@ from trio_periodic.transport.listeners import (
     serve_websocket_stream,
     tls_context,
 )
+from trio_periodic.transport.peers import peer_name
 from trio_periodic.transport.streams import RECEIVE_SIZE, ByteFrameStream, WebSocketFrameStream
-from trio_periodic.transport.tls import after_handshake, peer_name, wrap_listeners
+from trio_periodic.transport.tls import after_handshake, wrap_listeners
 from trio_periodic.transport.urls import TLS_SCHEMES
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ class Server:
             return self._serve_socket
         from trio_periodic.transport.rsa.stream import after_rsa_handshake
 
-        return after_rsa_handshake(self._serve_socket, self.rsa, _peer_name)
+        return after_rsa_handshake(self._serve_socket, self.rsa, peer_name)
 
     def _announce(self, url: str) -> None:
         self.bound.append(url)
@@ -339,15 +340,12 @@ class Server:
             self._refused, self._refused_logged_at = 0, now
         return False
 
-    async def _serve_http(
-        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-    ) -> None:
-        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-        await self.http.serve(stream, peer=peer_name(raw))
+    async def _serve_http(self, stream: trio.abc.Stream) -> None:
+        await self.http.serve(stream, peer=peer_name(stream))
 
     async def _serve_socket(self, stream: trio.abc.Stream) -> None:
         """A tcp:// or unix:// connection (under TLS or RSA, maybe): HTTP or Periodic."""
-        name = _peer_name(stream)
+        name = peer_name(stream)
         # The seed served its curl interface on the protocol port: a first
         # read that starts like an HTTP request goes to the HTTP API.
         first = b""
@@ -385,17 +383,6 @@ class Server:
         remote = ws.remote
         name = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
         await ServerSideConnection(self._conn_context, WebSocketFrameStream(ws, name)).serve()
-
-
-def _peer_name(stream: trio.abc.Stream) -> str:
-    """The peer's name for log lines, from the socket under any TLS or RSA layer."""
-    while not isinstance(stream, trio.SocketStream):
-        stream = stream.transport_stream  # type: ignore[attr-defined]
-    try:
-        peer = stream.socket.getpeername()
-    except OSError:
-        peer = "?"
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{peer or 'peer'}"
 
 
 def _fmt_host(host: str) -> str:

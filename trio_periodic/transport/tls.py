@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import trio
 
+from trio_periodic.transport.peers import peer_name
+
 log = logging.getLogger(__name__)
 
 #: Seconds a peer has, from accept, to complete the TLS handshake.
@@ -178,18 +180,9 @@ def after_handshake(
             else:
                 reason = ""
         if reason:
-            log.warning("closing %s: %s", peer_name(stream.transport_stream), reason)
+            log.warning("closing %s: %s", peer_name(stream), reason)
             await trio.aclose_forcefully(stream)
             return
         await handler(stream)
 
     return serve
-
-
-def peer_name(stream: trio.SocketStream) -> str:
-    """``HOST:PORT`` of a TCP peer, for log lines."""
-    try:
-        peer = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
