@@ -90,16 +90,22 @@ class Response:
 
 
 class _Dead:
-    """Sticky failure shared by both connection kinds."""
+    """Sticky failure shared by both connection kinds.
 
-    __slots__ = ("_error",)
+    Only the message is kept, never the exception: once raised, an exception
+    carries a traceback whose frames hold this object, and that reference
+    cycle would keep the connection (and whatever its caller's frames hold,
+    such as the last chunk received) alive until a full garbage collection.
+    """
+
+    __slots__ = ("_failure",)
 
     def __init__(self) -> None:
-        self._error: RemoteProtocolError | None = None
+        self._failure: str | None = None
 
     def _check_alive(self) -> None:
-        if self._error is not None:
-            raise RemoteProtocolError(f"connection already failed: {self._error}")
+        if self._failure is not None:
+            raise RemoteProtocolError(f"connection already failed: {self._failure}")
 
 
 class ServerConnection(_Dead):
@@ -131,7 +137,7 @@ class ServerConnection(_Dead):
                 return Registered(self.registration)
             msgid, packet = decode_body(body)
         except RemoteProtocolError as exc:
-            self._error = exc
+            self._failure = str(exc)
             raise
         return Request(msgid, packet)
 
@@ -152,7 +158,7 @@ class ServerConnection(_Dead):
                 msgid, packet = decode_body(body)
                 events.append(Request(msgid, packet))
         except RemoteProtocolError as exc:
-            self._error = exc
+            self._failure = str(exc)
             raise
         return events
 
@@ -215,7 +221,7 @@ class ClientConnection(_Dead):
                 return RegistrationReply(self.conn_id)
             msgid, packet = decode_body(body)
         except RemoteProtocolError as exc:
-            self._error = exc
+            self._failure = str(exc)
             raise
         return Response(msgid, packet)
 

@@ -60,7 +60,7 @@ _crc32 = zlib.crc32
 class FrameReader:
     """Incremental frame splitter; see the module docstring."""
 
-    __slots__ = ("_buf", "_error", "_max", "_pos", "_resync", "_skipped")
+    __slots__ = ("_buf", "_failure", "_max", "_pos", "_resync", "_skipped")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, resync: bool = True) -> None:
         if max_frame_size < 1:
@@ -71,7 +71,8 @@ class FrameReader:
         self._pos = 0
         #: Garbage bytes skipped since the last magic (resync mode).
         self._skipped = 0
-        self._error: RemoteProtocolError | None = None
+        #: Why the stream failed: the message only (see ``_fail``).
+        self._failure: str | None = None
 
     @property
     def buffered(self) -> int:
@@ -80,8 +81,8 @@ class FrameReader:
 
     def feed(self, data: bytes) -> None:
         """Append received bytes. Cheap: at most one copy of the new data."""
-        if self._error is not None:
-            raise RemoteProtocolError(f"stream already failed: {self._error}")
+        if self._failure is not None:
+            raise RemoteProtocolError(f"stream already failed: {self._failure}")
         if not data:
             return
         buf = self._buf
@@ -107,8 +108,8 @@ class FrameReader:
 
     def next_body(self) -> bytes | None:
         """Return the next frame's body (CRC verified), or None if more data is needed."""
-        if self._error is not None:
-            raise RemoteProtocolError(f"stream already failed: {self._error}")
+        if self._failure is not None:
+            raise RemoteProtocolError(f"stream already failed: {self._failure}")
         buf = self._buf
         pos = self._pos
         n = len(buf)
@@ -180,8 +181,10 @@ class FrameReader:
         self._fail(f"frame length {length} exceeds limit {self._max}")
 
     def _fail(self, message: str) -> NoReturn:
-        self._error = RemoteProtocolError(message)
+        # Keep the message, not the exception: its traceback would hold this
+        # reader (and its caller's frames) in a reference cycle.
+        self._failure = message
         # The buffer can be big and is useless now.
         self._buf = b""
         self._pos = 0
-        raise self._error
+        raise RemoteProtocolError(message)
