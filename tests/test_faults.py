@@ -12,9 +12,14 @@ frees what a closed connection used.
 from __future__ import annotations
 
 import gc
+import logging
+import weakref
 from collections.abc import Iterator
 
 import pytest
+import trio
+from conftest import RunningServer
+from rawclient import RawConn
 
 from trio_periodic.protocol import (
     MAGIC_REQ,
@@ -28,6 +33,13 @@ from trio_periodic.protocol import (
     encode_frame,
     encode_registration,
 )
+from trio_periodic.protocol import packets as p
+from trio_periodic.protocol.job import Job
+from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.state import ConnState
+from trio_periodic.server.connection import ServerSideConnection
+
+T0 = 1_700_000_000.0
 
 # ------------------------------------------------------------------- memory
 
@@ -102,3 +114,88 @@ def test_a_failed_protocol_object_is_freed_by_reference_counting(
 def _initiated(conn: ClientConnection) -> ClientConnection:
     conn.initiate()
     return conn
+
+
+class Sink:
+    """Stands for the server's connection object, which is the sink of its
+    ConnState and holds that ConnState back."""
+
+    state: ConnState
+
+
+def test_a_disconnected_conn_state_lets_go_of_its_sink(no_cycle_collector: None) -> None:
+    core = Scheduler()
+    worker, client = Sink(), Sink()
+    worker.state = core.connect(is_worker=True, sink=worker)
+    client.state = core.connect(is_worker=False, sink=client)
+    core.can_do(worker.state, b"f")
+    core.add_slot(worker.state, 1)
+    # The worker holds one job; the client waits for another (RUN_JOB), and a
+    # waiter entry outlives its connection by design (SEMANTICS.md 9).
+    core.submit(Job(b"f", b"held"), T0)
+    assert core.run_job(client.state, 7, Job(b"f", b"awaited"), T0)
+    core.dispatch(T0)
+    core.job_assigned(worker.state, 1, T0)
+    core.take_effects()
+    refs = [weakref.ref(worker), weakref.ref(client)]
+    for sink in (worker, client):
+        core.disconnect(sink.state, T0)
+    del worker, client, sink
+    assert [ref() for ref in refs] == [None, None]
+    assert core.waiters[(b"f", b"awaited")].results  # the entry itself stays
+
+
+def server_connections() -> int:
+    return sum(isinstance(o, ServerSideConnection) for o in gc.get_objects())
+
+
+READ_LOOP_CYCLE = (
+    "server/connection.py ServerSideConnection._read_loop keeps the RemoteProtocolError "
+    "in its local `error` and re-raises it (`raise error`): the traceback holds the "
+    "_read_loop frame, whose locals hold `error`, `self` and the last chunk `data`, so "
+    "a connection closed for bad input waits for the cycle collector"
+)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "client_eof",
+        "worker_eof",
+        pytest.param("bad_frame", marks=pytest.mark.xfail(strict=True, reason=READ_LOOP_CYCLE)),
+        pytest.param("bad_reg", marks=pytest.mark.xfail(strict=True, reason=READ_LOOP_CYCLE)),
+    ],
+)
+async def test_a_closed_connection_is_freed_by_reference_counting(
+    server: RunningServer, how: str, caplog: pytest.LogCaptureFixture, no_cycle_collector: None
+) -> None:
+    # pytest keeps log records, and a record keeps its arguments (the error).
+    caplog.set_level(logging.ERROR)
+    with trio.fail_after(10):
+        before = server_connections()
+        if how == "bad_reg":
+            stream = await trio.open_tcp_stream(*server.tcp)
+            await stream.send_all(encode_frame(1, Ping(), MAGIC_REQ))  # not a registration
+            assert await stream.receive_some(100) == b""
+            await stream.aclose()
+        else:
+            kind = ClientType.WORKER if how == "worker_eof" else ClientType.CLIENT
+            conn = await RawConn.open(server.tcp, kind)
+            assert isinstance(await conn.request(1, p.Ping()), p.Pong)
+            if how == "worker_eof":  # it leaves holding a job
+                assert isinstance(await conn.request(2, p.CanDo(b"mem")), p.Success)
+                assert isinstance(await conn.request(3, p.GrabJob()), p.Success)
+                client = await RawConn.open(server.tcp)
+                assert isinstance(
+                    await client.request(4, p.SubmitJob(Job(b"mem", b"a"))), p.Success
+                )
+                await client.aclose()
+                assert isinstance((await conn.recv_for(3)).packet, p.JobAssign)
+            if how == "bad_frame":
+                await conn.stream.send_all(bad_crc_frame())
+                assert await conn.closed_by_server()
+            await conn.aclose()
+        with trio.move_on_after(2):
+            while server_connections() > before:
+                await trio.sleep(0.01)
+    assert server_connections() == before

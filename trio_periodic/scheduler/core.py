@@ -193,6 +193,10 @@ class Scheduler:
     def disconnect(self, conn: ConnState, now: float) -> None:
         """A connection went away: hand back its jobs, forget its slots."""
         conn.closed = True
+        # The sink usually points back at this ConnState: dropping it breaks
+        # that cycle, so the closed connection is freed at once even while a
+        # RUN_JOB waiter entry still names this ConnState.
+        conn.sink = None
         for func in list(conn.funcs):
             self.cant_do(conn, func)
         conn.slots.clear()

@@ -121,7 +121,7 @@ class FuncState:
 class ConnState:
     """What the scheduler knows of one connection.  ``sink`` belongs to the
     service (it routes effects to the connection's writer); the core never
-    looks at it."""
+    looks at it, only drops it on disconnect (see ``Scheduler.disconnect``)."""
 
     __slots__ = (
         "closed",
