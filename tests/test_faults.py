@@ -149,21 +149,13 @@ def server_connections() -> int:
     return sum(isinstance(o, ServerSideConnection) for o in gc.get_objects())
 
 
-READ_LOOP_CYCLE = (
-    "server/connection.py ServerSideConnection._read_loop keeps the RemoteProtocolError "
-    "in its local `error` and re-raises it (`raise error`): the traceback holds the "
-    "_read_loop frame, whose locals hold `error`, `self` and the last chunk `data`, so "
-    "a connection closed for bad input waits for the cycle collector"
-)
-
-
 @pytest.mark.parametrize(
     "how",
     [
         "client_eof",
         "worker_eof",
-        pytest.param("bad_frame", marks=pytest.mark.xfail(strict=True, reason=READ_LOOP_CYCLE)),
-        pytest.param("bad_reg", marks=pytest.mark.xfail(strict=True, reason=READ_LOOP_CYCLE)),
+        "bad_frame",
+        "bad_reg",
     ],
 )
 async def test_a_closed_connection_is_freed_by_reference_counting(

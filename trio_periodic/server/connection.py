@@ -210,7 +210,7 @@ class ServerSideConnection:
                     try:
                         await self._read_loop()
                     except RemoteProtocolError as exc:
-                        log.warning("closing %s: protocol error: %s", peer, exc)
+                        log.warning("closing %s: protocol error: %s", peer, str(exc))
                     # Commit what was applied, then let the writer send the replies
                     # (to the good frames before a bad one, too) before closing.
                     await self._acks_send.aclose()
@@ -317,7 +317,13 @@ class ServerSideConnection:
                 # Nothing will answer this read (JOB_ASSIGNED alone): ACK it now.
                 self.stream.ack_now()
             if error is not None:
-                raise error
+                try:
+                    raise error
+                finally:
+                    # The traceback holds this frame: without the del, the
+                    # frame's `error` holds the traceback back (a cycle that
+                    # keeps the connection and its last chunk alive).
+                    del error
             if self.context.draining and not self.holds_jobs:
                 return
 
