@@ -24,7 +24,8 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -315,17 +316,26 @@ class Server:
     async def _admit(
         self, handler: Callable[[Any], Awaitable[None]], stream: trio.abc.Stream
     ) -> None:
+        with self._counted() as admitted:
+            if admitted:
+                await handler(stream)
+                return
+        await trio.aclose_forcefully(stream)
+
+    @contextmanager
+    def _counted(self) -> Iterator[bool]:
+        """Count a connection in for as long as it lives; yields False (counting
+        nothing) past max_connections."""
         if not self._may_open():
-            await trio.aclose_forcefully(stream)
+            yield False
             return
         try:
-            await handler(stream)
+            yield True
         finally:
             self._open -= 1
             self._notify()
 
     def _may_open(self) -> bool:
-        """Count a new connection in, or refuse it past max_connections."""
         if self._open < self.max_connections:
             self._open += 1
             return True
@@ -364,14 +374,11 @@ class Server:
 
     async def _serve_ws_request(self, request: WebSocketRequest) -> None:
         """ws:// (trio_websocket accepts): count the connection, then serve it."""
-        if not self._may_open():
-            await request.reject(503, body=b"too many connections")
-            return
-        try:
-            await self._serve_websocket(request)
-        finally:
-            self._open -= 1
-            self._notify()
+        with self._counted() as admitted:
+            if admitted:
+                await self._serve_websocket(request)
+                return
+        await request.reject(503, body=b"too many connections")
 
     async def _serve_websocket(self, request: WebSocketRequest) -> None:
         origin = next((v for k, v in request.headers if k.lower() == b"origin"), None)

@@ -193,7 +193,8 @@ def _is_preflight(request: h11.Request, origin: bytes | None) -> bool:
     )
 
 
-def _query_int(query: dict[bytes, list[bytes]], key: bytes, default: int) -> int:
+def _query_int(query: dict[bytes, list[bytes]], key: bytes, default: int = 0) -> int:
+    """An integer from a query string or form (``default`` when absent or blank)."""
     raw = query.get(key, [b""])[0].strip()
     if not raw:
         return default
@@ -208,16 +209,6 @@ def _describe(conn: ConnState) -> str:
     stream = getattr(conn.sink, "stream", None)
     peer = getattr(stream, "peer", None)
     return str(peer) if peer else f"connection {conn.conn_id}"
-
-
-def _int_field(form: dict[bytes, list[bytes]], key: bytes) -> int:
-    raw = form.get(key, [b""])[0].strip()
-    if not raw:
-        return 0
-    try:
-        return int(raw)
-    except ValueError:
-        raise HttpError(400, f"{key.decode()} must be an integer, got {_text(raw)!r}") from None
 
 
 class HttpApi:
@@ -326,7 +317,7 @@ class HttpApi:
     def _authenticate(self, request: h11.Request, peer: str) -> Caller:
         if self.auth is None:
             return Caller()
-        header = next((v for k, v in request.headers if k == b"authorization"), None)
+        header = _header(request, b"authorization")
         identity = self.auth.identify_basic(header)
         if identity is not None:
             return Caller(identity)
@@ -370,7 +361,7 @@ class HttpApi:
                 raise _Refused(_error(408, f"request not complete within {REQUEST_TIMEOUT} s"))
             if isinstance(event, h11.Request):
                 request = event
-                length = next((v for k, v in event.headers if k == b"content-length"), b"0")
+                length = _header(event, b"content-length") or b"0"
                 if int(length) > self.max_body:
                     raise _Refused(_error(413, f"request body over {self.max_body} bytes"))
             elif isinstance(event, h11.Data):
@@ -498,8 +489,8 @@ class HttpApi:
             func,
             name,
             form.get(b"args", [b""])[0],
-            sched_at=_int_field(form, b"sched_at"),
-            timeout=_int_field(form, b"timeout"),
+            sched_at=_query_int(form, b"sched_at"),
+            timeout=_query_int(form, b"timeout"),
         )
         self._check_names(job)
         caller.require(Cmd.SUBMIT_JOB, func)
@@ -545,9 +536,9 @@ class HttpApi:
                 parts[1],
                 parts[2],
                 body,
-                _int_field(query, b"sched_at"),
+                _query_int(query, b"sched_at"),
                 0,
-                _int_field(query, b"timeout"),
+                _query_int(query, b"timeout"),
             )
             self._check_names(job)
             caller.require(Cmd.SUBMIT_JOB, job.func)
@@ -555,7 +546,7 @@ class HttpApi:
             await self._commit()
             return Response(204)
         if action == b"run" and len(parts) == 3:
-            job = Job(parts[1], parts[2], body, 0, 0, _int_field(query, b"timeout"))
+            job = Job(parts[1], parts[2], body, 0, 0, _query_int(query, b"timeout"))
             self._check_names(job)
             caller.require(Cmd.RUN_JOB, job.func)
             return await self._run(job)
