@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import trio
 
 from trio_periodic.protocol.connection import ClientConnection, RegistrationReply, Response
-from trio_periodic.protocol.constants import ClientType
+from trio_periodic.protocol.constants import MAGIC_REQ, ClientType
 from trio_periodic.protocol.frames import Registration
 from trio_periodic.protocol.packets import Packet
 
@@ -96,3 +99,17 @@ class RawConn:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+def frame(body: bytes, *, crc: int | None = None, length: int | None = None) -> bytes:
+    """One request frame around ``body``, with its length and CRC-32 right unless
+    given (to build bad frames on purpose)."""
+    return (
+        MAGIC_REQ
+        + struct.pack(
+            ">II",
+            len(body) if length is None else length,
+            zlib.crc32(body) if crc is None else crc,
+        )
+        + body
+    )

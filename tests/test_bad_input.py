@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import RunningServer
-from rawclient import RawConn
+from rawclient import RawConn, frame
 
 from trio_periodic.protocol import packets as p
 from trio_periodic.protocol.constants import MAGIC_REQ, MAGIC_RES, MAX_GARBAGE, ClientType, Cmd
@@ -36,18 +36,6 @@ _ids = itertools.count(5000)
 
 def mid() -> int:
     return next(_ids)
-
-
-def frame(body: bytes, *, crc: int | None = None, length: int | None = None) -> bytes:
-    return (
-        MAGIC_REQ
-        + struct.pack(
-            ">II",
-            len(body) if length is None else length,
-            zlib.crc32(body) if crc is None else crc,
-        )
-        + body
-    )
 
 
 def packet_frame(msgid: int, cmd: int, payload: bytes = b"", **kw: int) -> bytes:

@@ -4,71 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 
 import pytest
 from conftest import DaemonProcess, start_daemon
 from pg_fixture import pg_database_url, postgres_cluster  # noqa: F401  (fixtures)
+from raw_worker import RecordingWorker, wait_for
 from test_durability import BlockingConn, dump_names
 
 from trio_periodic.protocol import packets as p
-from trio_periodic.protocol.constants import ClientType
 from trio_periodic.protocol.job import Job
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-class RecordingWorker(threading.Thread):
-    """A raw worker: confirms, records the job name, reports done (unless told to hang)."""
-
-    def __init__(self, port: int, func: bytes, slots: int = 8, hang: bool = False) -> None:
-        super().__init__(daemon=True)
-        self.conn = BlockingConn(port, ClientType.WORKER)
-        self.conn.request(1, p.CanDo(func))
-        self.seen: list[bytes] = []
-        self.hang = hang
-        self.stopped = False
-        for msgid in range(100, 100 + slots):
-            self.conn.send(msgid, p.GrabJob())
-        self.conn.sock.settimeout(0.2)
-
-    def run(self) -> None:
-        msgid = 1000
-        while not self.stopped:
-            try:
-                response = self.conn.recv()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not isinstance(response.packet, p.JobAssign):
-                continue
-            job = response.packet.job
-            self.seen.append(job.name)
-            msgid += 1
-            frames = [(response.msgid, p.JobAssigned())]
-            if not self.hang:
-                frames += [(msgid, p.WorkDone(job.func, job.name)), (response.msgid, p.GrabJob())]
-            try:
-                self.conn.sock.sendall(b"".join(self.conn.proto.send(m, pk) for m, pk in frames))
-            except OSError:
-                return
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.join(5)
-        self.conn.close()
-
-
-def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def stop(*daemons: DaemonProcess) -> None:

@@ -23,59 +23,16 @@ import time
 import pytest
 from conftest import DaemonProcess, start_daemon
 from pg_fixture import pg_database_url, postgres_cluster  # noqa: F401  (fixtures)
+from raw_worker import RecordingWorker, wait_for
 from test_durability import BlockingConn, dump_names
 
 from trio_periodic.protocol import packets as p
-from trio_periodic.protocol.constants import ClientType
 from trio_periodic.protocol.job import Job
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 #: The jobs' timeout (s): their lease is this plus LEASE_GRACE (5 s).
 TIMEOUT = 2
-
-
-class TimedWorker(threading.Thread):
-    """A raw worker: confirms each job and records (name, monotonic time);
-    reports it done unless ``hang``."""
-
-    def __init__(self, port: int, slots: int = 4, hang: bool = False) -> None:
-        super().__init__(daemon=True)
-        self.conn = BlockingConn(port, ClientType.WORKER)
-        self.conn.request(1, p.CanDo(b"f"))
-        self.seen: list[tuple[bytes, float]] = []
-        self.hang = hang
-        self.stopped = False
-        for msgid in range(100, 100 + slots):
-            self.conn.send(msgid, p.GrabJob())
-        self.conn.sock.settimeout(0.2)
-
-    def run(self) -> None:
-        msgid = 1000
-        while not self.stopped:
-            try:
-                response = self.conn.recv()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # our server is gone
-            if not isinstance(response.packet, p.JobAssign):
-                continue
-            job = response.packet.job
-            self.seen.append((job.name, time.monotonic()))
-            msgid += 1
-            frames = [(response.msgid, p.JobAssigned())]
-            if not self.hang:
-                frames += [(msgid, p.WorkDone(job.func, job.name)), (response.msgid, p.GrabJob())]
-            try:
-                self.conn.sock.sendall(b"".join(self.conn.proto.send(m, pk) for m, pk in frames))
-            except OSError:
-                return
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.join(5)
-        self.conn.close()
 
 
 class Submitter(threading.Thread):
@@ -103,24 +60,15 @@ class Submitter(threading.Thread):
             return  # the server was killed: what was acked is in `acked`
 
 
-def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def test_killing_one_server_under_load_loses_no_acknowledged_job(
     pg_database_url: str,  # noqa: F811
 ) -> None:
     a = start_daemon("-p", pg_database_url)
     b = start_daemon("-p", pg_database_url)
     daemons: list[DaemonProcess] = [a, b]
-    on_a = [TimedWorker(a.port), TimedWorker(a.port)]
-    on_b = [TimedWorker(b.port), TimedWorker(b.port)]
-    hanging = TimedWorker(b.port, slots=2, hang=True)
+    on_a = [RecordingWorker(a.port, b"f", slots=4), RecordingWorker(a.port, b"f", slots=4)]
+    on_b = [RecordingWorker(b.port, b"f", slots=4), RecordingWorker(b.port, b"f", slots=4)]
+    hanging = RecordingWorker(b.port, b"f", slots=2, hang=True)
     workers = [*on_a, *on_b, hanging]
     subs = [Submitter(a.port, b"a", 1500), Submitter(b.port, b"b", 100_000)]
     try:
@@ -143,10 +91,10 @@ def test_killing_one_server_under_load_loses_no_acknowledged_job(
         assert len(subs[0].acked) == 1500 and len(subs[1].acked) > 100
 
         def seen_on_a() -> set[bytes]:
-            return {name for w in on_a for name, _ in w.seen}
+            return {name for w in on_a for name in w.seen}
 
         def seen_done() -> set[bytes]:
-            return {name for w in [*on_a, *on_b] for name, _ in w.seen}
+            return {name for w in [*on_a, *on_b] for name in w.seen}
 
         def everything_done() -> bool:
             # A job leaves the store only once a worker reported it: with the
@@ -163,20 +111,20 @@ def test_killing_one_server_under_load_loses_no_acknowledged_job(
         # before their timeout (counted from the hanging worker's confirmation).
         handed: dict[bytes, float] = {}
         for w in on_a:
-            for name, at in w.seen:
+            for name, at in zip(w.seen, w.times, strict=True):
                 handed.setdefault(name, at)
-        for name, got_at in hanging.seen:
+        for name, got_at in zip(hanging.seen, hanging.times, strict=True):
             assert name in handed, name
             assert handed[name] - got_at >= TIMEOUT, (name, handed[name] - got_at)
-        took_over = max(handed[name] for name, _ in hanging.seen) - killed_at
-        last_b = max(at for w in on_a for _, at in w.seen) - killed_at
+        took_over = max(handed[name] for name in hanging.seen) - killed_at
+        last_b = max(at for w in on_a for at in w.times) - killed_at
         print(
             f"\nfailover: {len(acked)} jobs acknowledged, 0 lost; jobs running on the"
             f" killed server handed out by the other {took_over:.1f} s after the kill"
             f" (lease: timeout {TIMEOUT} s + 5 s grace); last job done {last_b:.1f} s after"
         )
         # Nothing was handed out by A twice.
-        names_on_a = [name for w in on_a for name, _ in w.seen]
+        names_on_a = [name for w in on_a for name in w.seen]
         assert len(names_on_a) == len(set(names_on_a))
     finally:
         for w in workers:
@@ -195,15 +143,15 @@ def test_a_server_shut_down_hands_back_the_jobs_it_claimed_ahead(
     600 s, the default timeout, + 5 s)."""
     a = start_daemon("-p", pg_database_url, "--drain-timeout", "0.5")
     b = start_daemon("-p", pg_database_url)
-    busy: TimedWorker | None = None
-    rescuer: TimedWorker | None = None
+    busy: RecordingWorker | None = None
+    rescuer: RecordingWorker | None = None
     try:
         client = BlockingConn(a.port)
         names = [b"x%d" % i for i in range(5)]
         for i, name in enumerate(names):
             assert isinstance(client.request(i + 1, p.SubmitJob(Job(b"f", name))), p.Success)
         # The worker's slot takes x0; its claim takes x1..x4 ahead.
-        busy = TimedWorker(a.port, slots=1, hang=True)
+        busy = RecordingWorker(a.port, b"f", slots=1, hang=True)
         busy.start()
         assert wait_for(lambda: busy is not None and len(busy.seen) == 1, 5)
         client.close()
@@ -211,11 +159,11 @@ def test_a_server_shut_down_hands_back_the_jobs_it_claimed_ahead(
         a.proc.terminate()
         a.proc.wait(10)
         stopped_at = time.monotonic()
-        rescuer = TimedWorker(b.port)
+        rescuer = RecordingWorker(b.port, b"f", slots=4)
         rescuer.start()
         assert wait_for(lambda: rescuer is not None and len(rescuer.seen) == 5, 10), rescuer.seen
         took = time.monotonic() - stopped_at
-        assert {n for n, _ in rescuer.seen} == set(names)
+        assert set(rescuer.seen) == set(names)
         assert took < 5, took
     finally:
         for w in (busy, rescuer):

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 from conftest import DaemonProcess, start_daemon
+from rawclient import frame
 
 from trio_periodic import Client, Job, Worker
 from trio_periodic.protocol import packets as p
@@ -80,18 +81,6 @@ class Tally:
 # --------------------------------------------------------------------- frames
 
 
-def envelope(body: bytes, *, length: int | None = None, crc: int | None = None) -> bytes:
-    return (
-        MAGIC_REQ
-        + struct.pack(
-            ">II",
-            len(body) if length is None else length,
-            zlib.crc32(body) if crc is None else crc,
-        )
-        + body
-    )
-
-
 def valid_packet(rng: random.Random) -> p.Packet:
     """A well-formed request of the fuzzers' own functions."""
     func = rng.choice(FUZZ_FUNCS)
@@ -126,37 +115,37 @@ def valid_packet(rng: random.Random) -> p.Packet:
 
 def fuzz_frame(rng: random.Random) -> tuple[str, bytes]:
     """One fuzz unit: its kind and its bytes."""
-    frame = encode_frame(rng.randrange(2**32), valid_packet(rng), MAGIC_REQ)
+    good = encode_frame(rng.randrange(2**32), valid_packet(rng), MAGIC_REQ)
     kind = rng.choice(
         ["valid", "valid", "flip", "crc", "length", "oversized", "random_cmd", "truncated",
          "garbage", "garbage", "empty_body", "big_garbage"]
     )  # fmt: skip
     if kind == "valid":
-        return kind, frame
+        return kind, good
     if kind == "flip":
-        data = bytearray(frame)
+        data = bytearray(good)
         for _ in range(rng.randint(1, 3)):
             bit = rng.randrange(len(data) * 8)
             data[bit // 8] ^= 1 << (bit % 8)
         return kind, bytes(data)
-    body = frame[12:]
+    body = good[12:]
     if kind == "crc":
-        return kind, envelope(body, crc=zlib.crc32(body) ^ rng.randrange(1, 2**32))
+        return kind, frame(body, crc=zlib.crc32(body) ^ rng.randrange(1, 2**32))
     if kind == "length":
         wrong = max(0, len(body) + rng.choice([-3, -1, 1, 2, 7, rng.randrange(FRAME_LIMIT)]))
-        return kind, envelope(body, length=wrong)
+        return kind, frame(body, length=wrong)
     if kind == "oversized":
-        return kind, envelope(body, length=rng.randrange(FRAME_LIMIT + 1, 2**32))
+        return kind, frame(body, length=rng.randrange(FRAME_LIMIT + 1, 2**32))
     if kind == "random_cmd":
         cmd = rng.randrange(256)
         while cmd in NEVER:
             cmd = rng.randrange(256)
         payload = rng.randbytes(rng.randrange(64))
-        return kind, envelope(struct.pack(">IB", rng.randrange(2**32), cmd) + payload)
+        return kind, frame(struct.pack(">IB", rng.randrange(2**32), cmd) + payload)
     if kind == "truncated":
-        return kind, frame[: rng.randrange(1, len(frame))]
+        return kind, good[: rng.randrange(1, len(good))]
     if kind == "empty_body":
-        return kind, envelope(rng.randbytes(rng.randrange(5)))
+        return kind, frame(rng.randbytes(rng.randrange(5)))
     if kind == "big_garbage":
         if rng.random() < 0.1:  # rarely: more than the resync limit
             return kind, rng.randbytes(MAX_GARBAGE + 100)
@@ -175,7 +164,7 @@ def opening(rng: random.Random) -> tuple[str, bytes]:
         reg = Registration(ClientType.AUTH_WORKER, b"fuzz", rng.randbytes(8))
         return kind, encode_registration(reg)
     if kind == "bad_reg":
-        return kind, envelope(bytes([rng.randrange(256)]) + rng.randbytes(rng.randrange(12)))
+        return kind, frame(bytes([rng.randrange(256)]) + rng.randbytes(rng.randrange(12)))
     if kind == "http":
         return kind, rng.choice(HTTP_JUNK) + rng.randbytes(rng.randrange(50))
     return kind, b""
