@@ -197,3 +197,34 @@ def test_a_thousand_idle_connections_cost_little(tmp_path: Path) -> None:
             sock.close()
         d.proc.terminate()
         d.proc.wait(10)
+
+
+def test_a_stalled_reader_costs_the_server_about_its_outbox(tmp_path: Path) -> None:
+    """A client that pipelines PINGs for 5 s and never reads: the server's RSS
+    grows by about its --max-outbox (1 MiB here), not with what was sent."""
+    d = start_daemon("-p", ":memory:", "--max-outbox", "1MiB")
+    sock = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        proto = ClientConnection(Registration(ClientType.CLIENT))
+        sock.sendall(proto.initiate())
+        assert sock.recv(100)
+        time.sleep(0.5)
+        before = _rss_kib(d.proc.pid)
+        chunk = proto.send(7, p.Ping()) * 4096
+        sock.setblocking(False)
+        sent, started = 0, time.monotonic()
+        while time.monotonic() - started < 5:
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(0.5)
+        grown = (_rss_kib(d.proc.pid) - before) / 1024
+        print(f"stalled reader: {sent / 2**20:.1f} MiB of PINGs sent, server RSS +{grown:.1f} MiB")
+        assert sent > 4 * 2**20  # far more than the server will hold
+        assert grown <= 3 + 2  # MiB: about twice the 1 MiB limit, plus slack
+    finally:
+        sock.close()
+        d.proc.terminate()
+        d.proc.wait(10)

@@ -59,6 +59,12 @@ log = logging.getLogger(__name__)
 MAX_OUTBOX_BYTES = 4 * 1024 * 1024
 #: Seconds a peer may stay over the outbox limit when keepalive is 0 (off).
 STALL_LIMIT = 300
+#: What a queued frame costs beyond its bytes (object header, list slot,
+#: allocator rounding): the outbox limit bounds memory, not payload, so a
+#: flood of 16-byte replies cannot hold four times the limit.
+FRAME_COST = 64
+#: Frames decoded and handled together (one commit, one write).
+MAX_BATCH = 512
 
 
 @dataclass(slots=True)
@@ -108,7 +114,10 @@ class ServerSideConnection:
         #: With an auth file: the identity of the last command (STATUS filters by it).
         self.identity: Identity | None = None
         self._out: list[bytes] = []
+        #: Memory of the queued frames (their bytes plus FRAME_COST each).
         self._out_bytes = 0
+        #: Bytes the writer task is sending right now (still in memory).
+        self._in_flight = 0
         #: Bytes of replies waiting for their commit (not yet in _out).
         self._ack_bytes = 0
         self._max_outbox = context.max_outbox
@@ -145,23 +154,24 @@ class ServerSideConnection:
     # ------------------------------------------------------------ outbox
 
     def push_frame(self, frame: bytes) -> None:
-        if self._out_bytes > 2 * self._max_outbox and not self._scope.cancel_called:
+        if self.backlog > 2 * self._max_outbox and not self._scope.cancel_called:
             log.warning(
                 "closing %s: not reading (%d bytes queued, limit %d)",
                 self.stream.peer,
-                self._out_bytes,
+                self.backlog,
                 self._max_outbox,
             )
             self._scope.cancel()
         self._pushed += 1
         self._out.append(frame)
-        self._out_bytes += len(frame)
+        self._out_bytes += len(frame) + FRAME_COST
         self._has_output.set()
 
     @property
     def backlog(self) -> int:
-        """Bytes queued for the peer: unsent, or waiting for their commit."""
-        return self._out_bytes + self._ack_bytes
+        """Memory held for the peer: frames queued, being sent, or waiting for
+        their commit."""
+        return self._out_bytes + self._in_flight + self._ack_bytes
 
     @property
     def holds_jobs(self) -> bool:
@@ -300,19 +310,25 @@ class ServerSideConnection:
             if not data:
                 return
             proto.receive_data(data)
-            # Act on every good frame before a bad one, then close.
-            events: list[Registered | Request] = []
-            error: RemoteProtocolError | None = None
-            try:
-                while (event := proto.next_event()) is not None:
-                    events.append(event)
-            except RemoteProtocolError as exc:
-                error = exc
             pushed, acks = self._pushed, self._ack_bytes
-            while events:
-                events = await self._handle(events)
-                if self.backlog > self._max_outbox:
-                    await self._wait_for_room()
+            # Act on every good frame before a bad one, then close.  Frames
+            # are decoded a batch at a time: those waiting for room in the
+            # outbox stay as bytes in the decoder, not as packet objects.
+            error: RemoteProtocolError | None = None
+            while True:
+                events: list[Registered | Request] = []
+                try:
+                    while len(events) < MAX_BATCH and (event := proto.next_event()) is not None:
+                        events.append(event)
+                except RemoteProtocolError as exc:
+                    error = exc
+                full = len(events) == MAX_BATCH
+                while events:
+                    events = await self._handle(events)
+                    if self.backlog > self._max_outbox:
+                        await self._wait_for_room()
+                if error is not None or not full:
+                    break
             if self._pushed == pushed and self._ack_bytes == acks:
                 # Nothing will answer this read (JOB_ASSIGNED alone): ACK it now.
                 self.stream.ack_now()
@@ -377,7 +393,7 @@ class ServerSideConnection:
             before = len(core.changes)
             reply = self._commands[type(packet)](self, msgid, packet, now)
             if reply is not None:
-                queued += len(reply)
+                queued += len(reply) + FRAME_COST
                 if durable and len(core.changes) != before:
                     replies.append((msgid, reply))
                 else:
@@ -403,7 +419,7 @@ class ServerSideConnection:
         if wait:
             # The acknowledgements wait for the commit in the ack task, so that
             # reading (and dispatching) goes on meanwhile.
-            size = sum(len(frame) for _, frame in replies)
+            size = sum(len(frame) + FRAME_COST for _, frame in replies)
             self._ack_bytes += size
             if not self._ack_started:
                 # Started on first use: an idle connection costs one task less.
@@ -449,7 +465,7 @@ class ServerSideConnection:
         if written < len(data):
             if written:
                 self._out = [data[written:]]
-                self._out_bytes = len(data) - written
+                self._out_bytes = len(data) - written + FRAME_COST
                 self._count_sent(len(frames) - 1)
             return False
         self._out = []
@@ -479,13 +495,15 @@ class ServerSideConnection:
             self._has_output = trio.Event()
             frames, self._out = self._out, []
             arms, self._arms = self._arms, []
-            self._out_bytes = 0
+            self._in_flight, self._out_bytes = self._out_bytes, 0
             if frames:
+                count = len(frames)  # send() may empty the list as it goes
                 self._sending = True
                 try:
                     await self.stream.send(frames)
                 finally:
                     self._sending = False
-                self._count_sent(len(frames))
+                    self._in_flight = 0
+                self._count_sent(count)
             if self._run_arms(arms):
                 await self.service.settle()

@@ -40,7 +40,9 @@ class FrameStream(Protocol):
 
     async def receive_some(self) -> bytes: ...
 
-    async def send(self, frames: list[bytes]) -> None: ...
+    async def send(self, frames: list[bytes]) -> None:
+        """Write the frames in order; the list may be emptied while this runs."""
+        ...
 
     def try_send(self, data: bytes) -> int:
         """Send without blocking or yielding; return how many bytes went out."""
@@ -120,6 +122,9 @@ class ByteFrameStream:
 
     async def send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
+        # The joined copy is what goes out: drop the pieces now, so that a
+        # slow peer holds the queued bytes once, not twice, while this waits.
+        frames.clear()
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
