@@ -207,7 +207,7 @@ def sched_later(c: CommandContext, msgid: int, pkt: p.SchedLater, now: float) ->
 
 
 def work_data(c: CommandContext, msgid: int, pkt: p.WorkData, now: float) -> bytes:
-    c.core.work_data(pkt.func, pkt.name, pkt.data)
+    c.core.work_data(pkt.func, pkt.name, pkt.data, c.state, now)
     return _success(msgid)
 
 
