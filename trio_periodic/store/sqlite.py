@@ -334,6 +334,13 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for kind, rows in change_runs(changes):
+                if kind is SetAttempts:
+                    # Two statements per change, in order: a count set, ended
+                    # and set again in one run must end up set.
+                    for row in rows:
+                        for sql in _SQL[kind]:
+                            conn.execute(sql, row)
+                    continue
                 for sql in _SQL[kind]:
                     conn.executemany(sql, rows)
             conn.execute("COMMIT")
