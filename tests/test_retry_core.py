@@ -479,19 +479,28 @@ def test_work_data_from_another_connection_extends_nothing() -> None:
     assert core.next_wakeup() == T0 + 10
 
 
-def test_heartbeat_is_not_pushed_to_subscribers_but_data_is() -> None:
+def test_heartbeat_extends_and_reaches_no_subscriber_empty_data_still_does() -> None:
     core = Scheduler()
     w = worker(core, b"f")
     client = core.connect(is_worker=False)
     assert core.recv_data(client, 4, Job(b"f", b"a"), T0)
+    core.submit(Job(b"f", b"a", timeout=10), T0)
     core.tick(T0)
-    assigns(core)
-    core.work_data(b"f", b"a", b"", w, T0 + 1)
+    [a] = assigns(core)
+    core.job_assigned(w, a.msgid, T0)
+    assert core.heartbeat(w, b"f", b"a", T0 + 7)
     assert core.take_effects() == []
-    core.work_data(b"f", b"a", b"chunk", w, T0 + 2)
+    assert core.next_wakeup() == T0 + 17
+    assert not core.heartbeat(client, b"f", b"a", T0 + 8)  # not the holder
+    assert core.next_wakeup() == T0 + 17
+    # WORK_DATA, even empty, reaches the subscribers as in the reference (C45).
+    core.work_data(b"f", b"a", b"", w, T0 + 8)
+    core.work_data(b"f", b"a", b"chunk", w, T0 + 9)
     assert [(e.msgid, e.data) for e in core.take_effects() if isinstance(e, Push)] == [
-        (4, b"chunk")
+        (4, b""),
+        (4, b"chunk"),
     ]
+    assert core.next_wakeup() == T0 + 19
 
 
 def test_cluster_lease_extension_is_written_at_most_per_half_timeout() -> None:

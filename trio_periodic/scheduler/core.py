@@ -532,17 +532,26 @@ class Scheduler:
         From the worker holding the job (``sender``, at ``now``) it also
         proves the worker alive: the job's deadline moves to a full timeout
         from now (lease extension), and its tail is kept for the failed set.
-        Empty data (a heartbeat) reaches no subscriber: there is nothing in it."""
+        Empty data too reaches the subscribers, as in the reference (C45):
+        a heartbeat that reaches nobody is ``heartbeat``."""
         if sender is not None and now is not None:
             held = sender.held.get((func, name))
             if held is not None:
                 self._heartbeat(held, data, now)
-        if not data:
-            return
         waiters = self.waiters.get((func, name))
         if waiters is not None:
             for conn, msgid in waiters.streams:
                 self.effects.append(Push(conn, msgid, data))
+
+    def heartbeat(self, conn: ConnState, func: bytes, name: bytes, now: float) -> bool:
+        """The worker holding the job says it is still at it (the ``heartbeat``
+        operation): its deadline moves a full timeout from now, like WORK_DATA,
+        and nothing reaches the subscribers.  False if ``conn`` does not hold it."""
+        held = conn.held.get((func, name))
+        if held is None:
+            return False
+        self._heartbeat(held, b"", now)
+        return True
 
     def _heartbeat(self, held: Assignment, data: bytes, now: float) -> None:
         if data:

@@ -226,7 +226,7 @@ def release(c: CommandContext, msgid: int, pkt: p.Release, now: float) -> bytes:
 
 def extension(c: CommandContext, msgid: int, pkt: p.Extension, now: float) -> bytes:
     """Ours, not the reference's: one operation of ``server/ops`` (JSON in, JSON out)."""
-    ctx = OpContext(c.core, now, c.identity, describe_worker)
+    ctx = OpContext(c.core, now, c.identity, describe_worker, c.state)
     return encode_raw_frame(msgid, Cmd.EXTENSION, handle_request(ctx, pkt.body))
 
 
