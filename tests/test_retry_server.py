@@ -14,6 +14,7 @@ import trio.testing
 from conftest import RunningServer
 from test_cli_e2e import periodic
 from test_http import http, http_server  # noqa: F401 - fixture
+from test_http_auth import ALICE, ROOT
 from test_scheduler_service import RecordingOutbox, add_worker, mock_clock, service  # noqa: F401
 
 from trio_periodic.client import Client, Worker
@@ -28,6 +29,7 @@ from trio_periodic.server.auth import Identity
 from trio_periodic.server.ops.base import OpContext, describe_worker
 from trio_periodic.server.ops.table import handle_request
 from trio_periodic.store.base import RetryPolicy
+from trio_periodic.store.memory import MemoryStore
 from trio_periodic.store.sqlite import SqliteStore
 
 NOW = 1_800_000_000.0
@@ -341,3 +343,39 @@ def test_periodic_retry_and_failed_commands(daemon) -> None:  # type: ignore[no-
     assert "no policy set" in periodic("retry", "get", "f", url=url).stdout
     bad = periodic("retry", "set", "f", "--backoff", "linear", url=url)
     assert bad.returncode != 0
+
+
+async def test_http_retry_routes_follow_the_identity(tmp_path: Path) -> None:
+    rules = tmp_path / "auth.txt"
+    rules.write_text("client alice a-token mail,sms\nadmin root r-token any\n")
+    srv = Server(MemoryStore(), ["tcp://127.0.0.1:0"], http="127.0.0.1:0", auth_file=str(rules))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(srv.run)
+        port = int(bound[-1].rsplit(":", 1)[1])
+        core = srv.core
+        now = srv.service.clock.now()
+        for func in (b"mail", b"other"):
+            core.set_policy(func, RetryPolicy(max_attempts=1))
+            w = core.connect(is_worker=True)
+            core.can_do(w, func)
+            core.add_slot(w, 1)
+            core.submit(Job(func, b"x"), now)
+            core.tick(now)
+            core.work_fail(w, func, b"x", now)
+        body = b'{"max_attempts": 3}'
+        assert (await http(port, "PUT", "/api/funcs/other/retry", body, ALICE))[0] == 403
+        assert (await http(port, "PUT", "/api/funcs/mail/retry", body, ALICE))[0] == 200
+        assert core.policies[b"other"].max_attempts == 1
+        assert core.policies[b"mail"].max_attempts == 3
+        _, listed = await http(port, "GET", "/api/failed", b"", ALICE)
+        assert [j["func"] for j in json.loads(listed)] == ["mail"]
+        assert (await http(port, "GET", "/api/failed?func=other", b"", ALICE))[0] == 403
+        assert (await http(port, "POST", "/api/failed/other/x/retry", b"", ALICE))[0] == 403
+        assert (await http(port, "DELETE", "/api/failed/other", b"", ALICE))[0] == 403
+        assert (await http(port, "DELETE", "/api/funcs/other/retry", b"", ALICE))[0] == 403
+        _, metrics = await http(port, "GET", "/metrics", b"", ALICE)
+        assert b'periodic_failed_total{func="mail"} 1' in metrics
+        assert b'func="other"' not in metrics
+        assert (await http(port, "DELETE", "/api/failed/other", b"", ROOT))[0] == 200
+        assert core.failed_jobs([b"other"]) == []
+        nursery.cancel_scope.cancel()
