@@ -66,6 +66,7 @@ from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.server import dashboard
 from trio_periodic.server.auth import AuthFile, Identity, permits
+from trio_periodic.server.ops import retry as retry_ops
 from trio_periodic.server.ops.base import OpContext, OpError, describe_worker
 from trio_periodic.server.ops.table import lookup
 from trio_periodic.server.origins import OriginPolicy, same_origin
@@ -646,6 +647,7 @@ class HttpApi:
             "workers": dashboard.workers_view(self.core, now, describe_worker, visible),
             "totals": dict(self.core.counters),
             "throughput": series.as_json(),
+            "retry": retry_ops.overview(self.core, visible),
         }
 
     async def _api_overview(self, query: Any, body: bytes, caller: Caller) -> Response:

@@ -13,11 +13,13 @@ import math
 from typing import Any
 
 from trio_periodic.scheduler import retry
+from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.server.dashboard import quoted
 from trio_periodic.server.ops.base import Op, OpContext, OpError, name_arg, text
 from trio_periodic.server.ops.explain import local_time
 from trio_periodic.store.base import BACKOFF_FIXED, FailedJob, RetryPolicy
 
-__all__ = ["OPS", "failed_json", "policy_json"]
+__all__ = ["OPS", "failed_json", "overview", "policy_json"]
 
 
 def policy_json(func: bytes, policy: RetryPolicy | None) -> dict[str, Any]:
@@ -43,6 +45,26 @@ def failed_json(f: FailedJob) -> dict[str, Any]:
         "last_data": text(f.data),
         "count": job.count,
         "timeout": job.timeout,
+        # Percent-encoded, for URLs (the dashboard's buttons).
+        "func_quoted": quoted(job.func),
+        "name_quoted": quoted(job.name),
+    }
+
+
+def overview(core: Scheduler, visible: frozenset[bytes] | None) -> dict[str, Any]:
+    """For the dashboard's overview: failed jobs per function and every
+    retry policy, of the functions the caller may see."""
+    return {
+        "failed": {
+            text(func): len(names)
+            for func, names in sorted(core.failed.items())
+            if visible is None or func in visible
+        },
+        "policies": {
+            text(func): retry.describe(policy)
+            for func, policy in sorted(core.policies.items())
+            if visible is None or func in visible
+        },
     }
 
 
