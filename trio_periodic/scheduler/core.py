@@ -34,6 +34,11 @@ State:
   became due, a slot or worker appeared).  ``dispatch`` looks only at them,
   so an idle server does no work.
 
+Retry policies, attempt counts and the failed set (``retry.py``) sit beside
+this state: ``policies`` by function, ``attempts`` only for jobs that failed
+(the hot path checks the dict is empty, nothing per job) and ``failed``, the
+jobs past their last attempt, which are in no queue and in no ``fs.jobs``.
+
 Outputs: effects (``Assign``, ``Push``) are appended to ``self.effects`` and
 store changes to ``self.changes``; the service takes both after each batch of
 calls (``take_effects`` / ``take_changes``), makes the changes durable and
@@ -1059,11 +1064,16 @@ class Scheduler:
         policies: dict[bytes, RetryPolicy],
         attempts: dict[Handle, int],
         failed: Iterable[FailedJob],
+        only_known: bool = True,
     ) -> None:
-        """Take the stored retry state (at start, or a cluster resync)."""
+        """Take the stored retry state: at start (``only_known``: counts of jobs
+        we have; one outliving its job means nothing), or at a cluster resync,
+        where the jobs' rows come after it (a count of a job deleted meanwhile
+        goes with the RemoteDelete the resync ends with)."""
         self.policies = dict(policies)
-        # Counts only for jobs we have; one outliving its job means nothing.
-        self.attempts = {h: n for h, n in attempts.items() if self._lookup(*h) is not None}
+        self.attempts = {
+            h: n for h, n in attempts.items() if not only_known or self._lookup(*h) is not None
+        }
         self.failed = {}
         for f in failed:
             self._func(f.job.func)  # a function with only failed jobs is still known
@@ -1133,7 +1143,7 @@ class Scheduler:
                 self._func(change.func)
                 self.failed.setdefault(change.func, {})[change.name] = change.failed
         elif isinstance(change, RemoteRetryState):
-            self._restore_retry(change.policies, change.attempts, change.failed)
+            self._restore_retry(change.policies, change.attempts, change.failed, False)
 
     def set_policy(self, func: bytes, policy: RetryPolicy) -> None:
         """``retry set``: the policy applies from the next failure on; counts
