@@ -62,6 +62,7 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.scheduler import retry
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
+from trio_periodic.scheduler.failed_set import FailedSet
 from trio_periodic.scheduler.lazyheap import LazyHeap
 from trio_periodic.scheduler.record import fields, pack, run_at_of, sched_at_of, unpack
 from trio_periodic.scheduler.state import (
@@ -87,22 +88,16 @@ from trio_periodic.store.base import (
     DeleteFailed,
     DeleteFunc,
     DeleteJob,
-    DeletePolicy,
     ExtendLease,
     FailedJob,
     PutFailed,
     PutFunc,
     PutJob,
-    PutPolicy,
-    RemoteAttempts,
     RemoteChange,
     RemoteConfig,
     RemoteDelete,
     RemoteDropFunc,
-    RemoteFailed,
     RemoteJob,
-    RemotePolicy,
-    RemoteRetryState,
     RetryPolicy,
     SetAttempts,
     SetConfig,
@@ -135,7 +130,7 @@ class StatusRow(NamedTuple):
     sched_at: int
 
 
-class Scheduler:
+class Scheduler(FailedSet):
     def __init__(self) -> None:
         self.config: dict[str, int] = dict(DEFAULTS)
         self.funcs: dict[bytes, FuncState] = {}
@@ -1059,26 +1054,6 @@ class Scheduler:
 
     # ------------------------------------------- retry policies & failed set
 
-    def _restore_retry(
-        self,
-        policies: dict[bytes, RetryPolicy],
-        attempts: dict[Handle, int],
-        failed: Iterable[FailedJob],
-        only_known: bool = True,
-    ) -> None:
-        """Take the stored retry state: at start (``only_known``: counts of jobs
-        we have; one outliving its job means nothing), or at a cluster resync,
-        where the jobs' rows come after it (a count of a job deleted meanwhile
-        goes with the RemoteDelete the resync ends with)."""
-        self.policies = dict(policies)
-        self.attempts = {
-            h: n for h, n in attempts.items() if not only_known or self._lookup(*h) is not None
-        }
-        self.failed = {}
-        for f in failed:
-            self._func(f.job.func)  # a function with only failed jobs is still known
-            self.failed.setdefault(f.job.func, {})[f.job.name] = f
-
     def _end_attempts(self, func: bytes, name: bytes) -> None:
         """The job's failure count ends (done, removed, resubmitted...)."""
         if self.attempts.pop((func, name), None) is not None:
@@ -1111,85 +1086,3 @@ class Scheduler:
         # Nobody waits for a result here (RUN_JOB waiters got ``failed`` in
         # _fail); RECV_DATA subscribers hear the end of the stream.
         self._notify(func, name, RESULT_FAILED)
-
-    def _forget_retry_of(self, func: bytes) -> None:
-        """The function was dropped: its counts and failed jobs go with it."""
-        self.failed.pop(func, None)
-        if self.attempts:
-            for handle in [h for h in self.attempts if h[0] == func]:
-                del self.attempts[handle]
-
-    def _remote_retry(self, change: RemoteChange) -> None:
-        """Mirror another server's retry state change (cluster mode)."""
-        if isinstance(change, RemotePolicy):
-            if change.policy is None:
-                self.policies.pop(change.func, None)
-            else:
-                self.policies[change.func] = change.policy
-        elif isinstance(change, RemoteAttempts):
-            handle = (change.func, change.name)
-            if change.attempts > 0 and self._lookup(*handle) is not None:
-                self.attempts[handle] = change.attempts
-            else:
-                self.attempts.pop(handle, None)
-        elif isinstance(change, RemoteFailed):
-            names = self.failed.get(change.func)
-            if change.failed is None:
-                if names is not None:
-                    names.pop(change.name, None)
-                    if not names:
-                        del self.failed[change.func]
-            else:
-                self._func(change.func)
-                self.failed.setdefault(change.func, {})[change.name] = change.failed
-        elif isinstance(change, RemoteRetryState):
-            self._restore_retry(change.policies, change.attempts, change.failed, False)
-
-    def set_policy(self, func: bytes, policy: RetryPolicy) -> None:
-        """``retry set``: the policy applies from the next failure on; counts
-        so far are kept."""
-        self.policies[func] = policy
-        self.changes.append(PutPolicy(func, policy))
-
-    def clear_policy(self, func: bytes) -> bool:
-        """``retry clear``: back to the reference behaviour.  False if none was set."""
-        if self.policies.pop(func, None) is None:
-            return False
-        self.changes.append(DeletePolicy(func))
-        return True
-
-    def failed_jobs(self, only: Collection[bytes] | None = None) -> list[FailedJob]:
-        """The failed set, by function then name; ``only`` limits the functions."""
-        return [
-            self.failed[func][name]
-            for func in sorted(self.failed)
-            if only is None or func in only
-            for name in sorted(self.failed[func])
-        ]
-
-    def retry_failed(self, func: bytes, name: bytes, now: float) -> bool:
-        """``failed retry``: the job is pending again, due now, with every
-        attempt ahead of it.  False if it is not in the failed set."""
-        names = self.failed.get(func)
-        failed = names.pop(name, None) if names is not None else None
-        if failed is None:
-            return False
-        if not names:
-            del self.failed[func]
-        self.changes.append(DeleteFailed(func, name))
-        job = failed.job
-        self.counters["submitted"] += 1
-        self._put(Job(func, name, job.workload, 0, job.count, job.timeout), now)
-        return True
-
-    def purge_failed(self, func: bytes, names: Iterable[bytes] | None = None) -> list[bytes]:
-        """``failed purge``: delete failed jobs (every one of ``func`` when
-        ``names`` is None); the names deleted."""
-        have = self.failed.get(func)
-        if have is None:
-            return []
-        gone = [n for n in (list(have) if names is None else names) if have.pop(n, None)]
-        if not have:
-            del self.failed[func]
-        self.changes.extend(DeleteFailed(func, n) for n in gone)
-        return gone
