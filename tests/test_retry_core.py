@@ -470,6 +470,24 @@ def test_work_data_pushes_the_deadline_a_full_timeout_from_now() -> None:
     assert entry is not None and entry.state is JobState.PENDING  # timed out at last
 
 
+def test_work_data_before_job_assigned_waits_for_the_confirmation() -> None:
+    core = Scheduler()
+    core.shared = True
+    w = worker(core, b"f")
+    core.submit(Job(b"f", b"a", timeout=10), T0)
+    core.tick(T0)
+    [a] = assigns(core)
+    core.take_changes()
+    core.work_data(b"f", b"a", b"early", w, T0 + 3)
+    assert core.next_wakeup() == T0 + 10 and core.take_changes() == []
+    core.job_assigned(w, a.msgid, T0 + 4)  # the full timeout from here
+    assert core.next_wakeup() == T0 + 14
+    assert core.take_changes() == [ExtendLease(b"f", b"a", T0 + 19)]
+    core.work_data(b"f", b"a", b"", w, T0 + 6)
+    assert core.next_wakeup() == T0 + 16
+    assert core.take_changes() == [ExtendLease(b"f", b"a", T0 + 26)]  # 16 + 5 + 10 / 2
+
+
 def test_work_data_from_another_connection_extends_nothing() -> None:
     core = Scheduler()
     w = worker(core, b"f")

@@ -556,6 +556,8 @@ class Scheduler(FailedSet):
     def _heartbeat(self, held: Assignment, data: bytes, now: float) -> None:
         if data:
             held.last_data = data[-retry.LAST_DATA :]
+        if not held.confirmed:
+            return  # JOB_ASSIGNED starts the full timeout anyway (and writes the lease)
         entry = held.entry
         timeout = entry.timeout if entry.timeout > 0 else self.config["timeout"]
         # The lease this server wrote for the job: at JOB_ASSIGNED the
