@@ -767,3 +767,51 @@ async def test_cancelled_watch_stops_promptly_and_closes_its_connection(url: str
                 await seen.wait_for(RemoteJob(Job(b"f", b"missed"), None))
                 nursery.cancel_scope.cancel()
         assert listeners() == 0
+
+
+# -- retry policies, attempt counts and the failed set across servers ------------
+
+
+@pytest.mark.postgres
+async def test_watch_mirrors_policies_counts_and_failed_jobs(url: str) -> None:
+    from trio_periodic.store.base import (
+        DeleteFailed,
+        DeletePolicy,
+        FailedJob,
+        PutFailed,
+        PutPolicy,
+        RemoteAttempts,
+        RemoteFailed,
+        RemotePolicy,
+        RemoteRetryState,
+        RetryPolicy,
+        SetAttempts,
+    )
+
+    policy = RetryPolicy(3, "exponential", 2.0, 30.0, False)
+    job = Job(b"f", b"n", b"w")
+    gone = FailedJob(job, 3, 1_700_000_000.5, "timeout", "10.0.0.1:4", b"tail")
+    seen = _Seen()
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.watch, seen)
+                await a.commit([PutPolicy(b"f", policy), PutJob(job), SetAttempts(b"f", b"n", 2)])
+                await seen.wait_for(RemotePolicy(b"f", policy), RemoteAttempts(b"f", b"n", 2))
+                # The move to the failed set, as the scheduler writes it.
+                await a.commit([SetAttempts(b"f", b"n", 0), DeleteJob(b"f", b"n"), PutFailed(gone)])
+                await seen.wait_for(
+                    RemoteAttempts(b"f", b"n", 0),
+                    RemoteDelete(b"f", b"n"),
+                    RemoteFailed(b"f", b"n", gone),
+                )
+                await a.commit([DeleteFailed(b"f", b"n"), DeletePolicy(b"f")])
+                await seen.wait_for(RemoteFailed(b"f", b"n", None), RemotePolicy(b"f", None))
+                nursery.cancel_scope.cancel()
+            # Missed while b was not watching; a new watch reads it all again.
+            await a.commit([PutFailed(gone), PutPolicy(b"g", policy)])
+            seen = _Seen()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.watch, seen)
+                await seen.wait_for(RemoteRetryState({b"g": policy}, {}, [gone]))
+                nursery.cancel_scope.cancel()

@@ -25,12 +25,18 @@ __all__ = [
     "Dump",
     "ExecWorker",
     "Explain",
+    "FailedList",
+    "FailedPurge",
+    "FailedRetry",
     "Globals",
     "Invocation",
     "Load",
     "Ping",
     "Recv",
     "Remove",
+    "RetryClear",
+    "RetryGet",
+    "RetrySet",
     "RunJob",
     "Serve",
     "Shutdown",
@@ -74,6 +80,45 @@ class Explain:
     func: str
     name: str
     json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySet:
+    func: str
+    max_attempts: int = 0
+    backoff: str = "fixed"
+    base: float = 1.0
+    cap: float = 0.0
+    jitter: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryGet:
+    func: str
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryClear:
+    func: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailedList:
+    func: str | None = None
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRetry:
+    func: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedPurge:
+    func: str
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +254,12 @@ Command = (
     | Ping
     | Shutdown
     | Explain
+    | RetrySet
+    | RetryGet
+    | RetryClear
+    | FailedList
+    | FailedRetry
+    | FailedPurge
     | Serve
     | ExecWorker
     | WorkerCmd

@@ -34,6 +34,11 @@ State:
   became due, a slot or worker appeared).  ``dispatch`` looks only at them,
   so an idle server does no work.
 
+Retry policies, attempt counts and the failed set (``retry.py``) sit beside
+this state: ``policies`` by function, ``attempts`` only for jobs that failed
+(the hot path checks the dict is empty, nothing per job) and ``failed``, the
+jobs past their last attempt, which are in no queue and in no ``fs.jobs``.
+
 Outputs: effects (``Assign``, ``Push``) are appended to ``self.effects`` and
 store changes to ``self.changes``; the service takes both after each batch of
 calls (``take_effects`` / ``take_changes``), makes the changes durable and
@@ -47,14 +52,17 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Iterable, Iterator
+import random
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
 from trio_periodic.protocol.job import Job
+from trio_periodic.scheduler import retry
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
+from trio_periodic.scheduler.failed_set import FailedSet
 from trio_periodic.scheduler.lazyheap import LazyHeap
 from trio_periodic.scheduler.record import fields, pack, run_at_of, sched_at_of, unpack
 from trio_periodic.scheduler.state import (
@@ -74,10 +82,15 @@ from trio_periodic.scheduler.state import (
     Waiters,
 )
 from trio_periodic.store.base import (
+    HOW_FAIL,
+    HOW_TIMEOUT,
     Change,
+    DeleteFailed,
     DeleteFunc,
     DeleteJob,
     ExtendLease,
+    FailedJob,
+    PutFailed,
     PutFunc,
     PutJob,
     RemoteChange,
@@ -85,6 +98,8 @@ from trio_periodic.store.base import (
     RemoteDelete,
     RemoteDropFunc,
     RemoteJob,
+    RetryPolicy,
+    SetAttempts,
     SetConfig,
     StoredState,
 )
@@ -115,7 +130,7 @@ class StatusRow(NamedTuple):
     sched_at: int
 
 
-class Scheduler:
+class Scheduler(FailedSet):
     def __init__(self) -> None:
         self.config: dict[str, int] = dict(DEFAULTS)
         self.funcs: dict[bytes, FuncState] = {}
@@ -144,6 +159,22 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(
             ("submitted", "assigned", "done", "failed", "rescheduled", "expired", "removed"), 0
         )
+        # Retry policies and the failed set (see retry.py).
+        #: Retry policy by function (functions without one keep RETRY_DELAY).
+        self.policies: dict[bytes, RetryPolicy] = {}
+        #: Failures so far of jobs of functions with a policy that failed at
+        #: least once, by handle (sparse: the hot path only checks it is empty).
+        self.attempts: dict[Handle, int] = {}
+        #: The failed set: function → name → FailedJob.
+        self.failed: dict[bytes, dict[bytes, FailedJob]] = {}
+        #: Where jitter comes from (tests seed it).
+        self.random = random.Random()
+        #: Names a worker connection for the failed set (the server sets it).
+        self.describe: Callable[[ConnState], str] = lambda conn: f"connection {conn.conn_id}"
+        #: Totals since start by function, for /metrics: failures retried and
+        #: jobs moved to the failed set.
+        self.retried: dict[bytes, int] = {}
+        self.failed_total: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -182,6 +213,7 @@ class Scheduler:
             stored = self._lookup(func, name)
             if stored is not None and lease_until > now:
                 self._hold_elsewhere(self.funcs[func], stored, lease_until)
+        self._restore_retry(state.policies, state.attempts, state.failed)
         self.changes.clear()
 
     # ------------------------------------------------------------ connections
@@ -204,7 +236,7 @@ class Scheduler:
         conn.open.clear()
         for assignment in list(conn.held.values()):
             if assignment.confirmed:
-                self._expire_assignment(assignment, now)
+                self._expire_assignment(assignment, now, retry.HOW_DISCONNECT)
             else:
                 # Never confirmed: the worker may not have seen it; offer it again
                 # at once with no penalty.
@@ -317,6 +349,8 @@ class Scheduler:
         if entry is not None and (entry.state is RUNNING or entry.state is ELSEWHERE):
             return
         self.counters["submitted"] += 1
+        if self.attempts or self.failed:
+            self._fresh_start(job.func, job.name)
         self._put(job, now)
 
     def _put(self, job: Job, now: float) -> None:
@@ -461,9 +495,10 @@ class Scheduler:
         self._finish(self.funcs[func], name, data)
 
     def work_fail(self, conn: ConnState, func: bytes, name: bytes, now: float) -> None:
+        held = conn.held.get((func, name))
         entry = self._reported(conn, (func, name))
         if entry is not None:
-            self._fail(entry, now)
+            self._fail(entry, now, HOW_FAIL, held)
 
     def sched_later(
         self, conn: ConnState, func: bytes, name: bytes, delay: int, step: int, now: float
@@ -484,11 +519,57 @@ class Scheduler:
         self._requeue(entry, run_at, release=False)
         self.changes.append(PutJob(entry.snapshot()))
 
-    def work_data(self, func: bytes, name: bytes, data: bytes) -> None:
+    def work_data(
+        self,
+        func: bytes,
+        name: bytes,
+        data: bytes,
+        sender: ConnState | None = None,
+        now: float | None = None,
+    ) -> None:
+        """WORK_DATA: stream ``data`` to the job's RECV_DATA subscribers.
+
+        From the worker holding the job (``sender``, at ``now``) it also
+        proves the worker alive: the job's deadline moves to a full timeout
+        from now (lease extension), and its tail is kept for the failed set.
+        Empty data too reaches the subscribers, as in the reference (C45):
+        a heartbeat that reaches nobody is ``heartbeat``."""
+        if sender is not None and now is not None:
+            held = sender.held.get((func, name))
+            if held is not None:
+                self._heartbeat(held, data, now)
         waiters = self.waiters.get((func, name))
         if waiters is not None:
             for conn, msgid in waiters.streams:
                 self.effects.append(Push(conn, msgid, data))
+
+    def heartbeat(self, conn: ConnState, func: bytes, name: bytes, now: float) -> bool:
+        """The worker holding the job says it is still at it (the ``heartbeat``
+        operation): its deadline moves a full timeout from now, like WORK_DATA,
+        and nothing reaches the subscribers.  False if ``conn`` does not hold it."""
+        held = conn.held.get((func, name))
+        if held is None:
+            return False
+        self._heartbeat(held, b"", now)
+        return True
+
+    def _heartbeat(self, held: Assignment, data: bytes, now: float) -> None:
+        if data:
+            held.last_data = data[-retry.LAST_DATA :]
+        if not held.confirmed:
+            return  # JOB_ASSIGNED starts the full timeout anyway (and writes the lease)
+        entry = held.entry
+        timeout = entry.timeout if entry.timeout > 0 else self.config["timeout"]
+        # The lease this server wrote for the job: at JOB_ASSIGNED the
+        # deadline plus LEASE_GRACE, afterwards what we wrote here.
+        leased = getattr(held, "leased", held.deadline + LEASE_GRACE)
+        deadline = now + timeout
+        self._set_deadline(held, deadline)
+        if self.shared and deadline + LEASE_GRACE > leased:
+            # A write per half timeout at most, not per WORK_DATA: the lease
+            # runs half a timeout ahead of the deadline.
+            held.leased = deadline + LEASE_GRACE + timeout / 2
+            self.changes.append(ExtendLease(entry.func, entry.name, held.leased))
 
     def _release_sender(self, conn: ConnState, handle: Handle) -> Assignment | None:
         assignment = conn.held.get(handle)
@@ -514,12 +595,19 @@ class Scheduler:
         return entry
 
     def _finish(self, fs: FuncState, name: bytes, result: bytes) -> None:
+        if self.attempts:
+            self._end_attempts(fs.name, name)
         self._delete(fs, name)
         self.changes.append(DeleteJob(fs.name, name))
         self._notify(fs.name, name, result)
 
-    def _fail(self, entry: JobEntry, now: float) -> None:
-        """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly."""
+    def _fail(
+        self, entry: JobEntry, now: float, how: str = HOW_FAIL, held: Assignment | None = None
+    ) -> None:
+        """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly;
+        with a retry policy, after its backoff or never again (``retry.py``).
+        ``how``: fail, timeout or disconnect; ``held``: the assignment that
+        ended (its worker and last data go to the failed set)."""
         self.counters["failed"] += 1
         handle = (entry.func, entry.name)
         self._release_locks(handle)
@@ -529,9 +617,25 @@ class Scheduler:
             return
         for assignment in list(entry.assignments):
             self._drop_assignment(assignment)
-        run_at = now + RETRY_DELAY
+        policy = self.policies.get(entry.func) if self.policies else None
+        failures = 0
+        wait = RETRY_DELAY
+        if policy is not None and how != retry.HOW_DISCONNECT:
+            failures = self.attempts.get(handle, 0) + 1
+            if policy.max_attempts and failures >= policy.max_attempts:
+                self._to_failed_set(entry, failures, now, how, held)
+                return
+            wait = retry.delay(policy, failures, self.random)
+        elif policy is None and self.attempts and handle in self.attempts:
+            self._end_attempts(*handle)  # the policy was cleared meanwhile
+        self.retried[entry.func] = self.retried.get(entry.func, 0) + 1
+        run_at = now + wait
         entry.sched_at = math.ceil(run_at)
         self._requeue(entry, run_at)
+        if failures:
+            # After the requeue's PutJob: other servers read the count last.
+            self.attempts[handle] = failures
+            self.changes.append(SetAttempts(entry.func, entry.name, failures))
 
     def _notify(self, func: bytes, name: bytes, result: bytes) -> None:
         waiters = self.waiters.pop((func, name), None)
@@ -549,6 +653,8 @@ class Scheduler:
     def remove_job(self, func: bytes, name: bytes) -> None:
         if self._lookup(func, name) is not None:
             self.counters["removed"] += 1
+            if self.attempts:
+                self._end_attempts(func, name)
             self._delete(self.funcs[func], name)
             self.changes.append(DeleteJob(func, name))
         self._notify(func, name, RESULT_REMOVED)
@@ -575,6 +681,7 @@ class Scheduler:
         for name in list(fs.jobs):
             self._delete(fs, name)
             self._notify(func, name, RESULT_REMOVED)
+        self._forget_retry_of(func)  # DeleteFunc deletes them in the store
         del self.funcs[func]
         self.candidates.discard(func)
         self.changes.append(DeleteFunc(func))
@@ -662,7 +769,7 @@ class Scheduler:
         """Expire what is due at ``now`` and dispatch what became due."""
         deadlines = self.deadlines
         while (top := deadlines.peek()) is not None and top[0] <= now:
-            self._expire_assignment(top[1], now)
+            self._expire_assignment(top[1], now, HOW_TIMEOUT)
         expiry = self.waiter_expiry
         while expiry and expiry[0][0] <= now:
             self._expire_waiters(expiry[0][2])
@@ -694,18 +801,21 @@ class Scheduler:
             t = self.leases[0][0]
         return t
 
-    def _expire_assignment(self, assignment: Assignment, now: float) -> None:
-        """The holder's time ran out (or it vanished): fail its job."""
+    def _expire_assignment(self, assignment: Assignment, now: float, how: str) -> None:
+        """The holder's time ran out (``how``: timeout) or it vanished
+        (disconnect): fail its job."""
         entry = assignment.entry
         self._drop_assignment(assignment)
         if entry.assignments or entry.state is not RUNNING:
             return
-        self._fail(entry, now)
+        self._fail(entry, now, how, assignment)
 
     def _expire_waiters(self, handle: Handle) -> None:
         """A RUN_JOB / RECV_DATA wait ran out: the job is deleted (``expired``)."""
         if self._lookup(*handle) is not None:
             self.counters["expired"] += 1
+            if self.attempts:
+                self._end_attempts(*handle)
             self._delete(self.funcs[handle[0]], handle[1])
             self.changes.append(DeleteJob(*handle))
         self._notify(handle[0], handle[1], RESULT_EXPIRED)
@@ -775,6 +885,7 @@ class Scheduler:
         tries = self._unclaimable.get(handle, 0) + 1
         if tries > MISSING_ROW_TRIES:
             del self._unclaimable[handle]
+            self.attempts.pop(handle, None)
             self._delete(fs, entry.name)
             self._notify(entry.func, entry.name, RESULT_REMOVED)
             return
@@ -789,12 +900,14 @@ class Scheduler:
                 entry = self._active(job.func, job.name)
                 if entry is not None and entry.state is RUNNING:
                     continue  # we hold it; our claim stands until we report
+                # Counts change only by RemoteAttempts, never by a job's row.
                 self._put(job, now)
                 self.changes.pop()  # already in the store
                 if change.lease_until is not None and change.lease_until > now:
                     held = self.funcs[job.func]
                     self._hold_elsewhere(held, held.jobs[job.name], change.lease_until)
             elif isinstance(change, RemoteDelete):
+                self.attempts.pop((change.func, change.name), None)
                 if self._lookup(change.func, change.name) is not None:
                     self._delete(self.funcs[change.func], change.name)
                 # fix over the reference: a waiter here learns the job ended
@@ -807,10 +920,14 @@ class Scheduler:
                 for name in list(fs.jobs):
                     self._delete(fs, name)
                     self._notify(change.func, name, RESULT_REMOVED)
+                self._forget_retry_of(change.func)
                 if not fs.workers:
                     del self.funcs[change.func]
-            elif isinstance(change, RemoteConfig) and change.key in self.config:
-                self.config[change.key] = change.value
+            elif isinstance(change, RemoteConfig):
+                if change.key in self.config:
+                    self.config[change.key] = change.value
+            else:
+                self._remote_retry(change)
 
     # ---------------------------------------------------------------- locks
 
@@ -941,3 +1058,38 @@ class Scheduler:
             return
         self.config[key] = max(0, min(value, U32_MAX))
         self.changes.append(SetConfig(key, self.config[key]))
+
+    # ------------------------------------------- retry policies & failed set
+
+    def _end_attempts(self, func: bytes, name: bytes) -> None:
+        """The job's failure count ends (done, removed, resubmitted...)."""
+        if self.attempts.pop((func, name), None) is not None:
+            self.changes.append(SetAttempts(func, name, 0))
+
+    def _fresh_start(self, func: bytes, name: bytes) -> None:
+        """A submit replaces the job: its count ends, it leaves the failed set."""
+        self._end_attempts(func, name)
+        names = self.failed.get(func)
+        if names is not None and names.pop(name, None) is not None:
+            if not names:
+                del self.failed[func]
+            self.changes.append(DeleteFailed(func, name))
+
+    def _to_failed_set(
+        self, entry: JobEntry, failures: int, now: float, how: str, held: Assignment | None
+    ) -> None:
+        """The job failed its last allowed attempt: out of the pending set."""
+        func, name = entry.func, entry.name
+        peer = self.describe(held.conn) if held is not None else ""
+        data: bytes = getattr(held, "last_data", b"") if held is not None else b""
+        failed = FailedJob(entry.snapshot(), failures, now, how, peer, data)
+        if self.attempts.pop((func, name), None) is not None:
+            self.changes.append(SetAttempts(func, name, 0))
+        self._delete(self.funcs[func], name)
+        self.changes.append(DeleteJob(func, name))
+        self.failed.setdefault(func, {})[name] = failed
+        self.changes.append(PutFailed(failed))
+        self.failed_total[func] = self.failed_total.get(func, 0) + 1
+        # Nobody waits for a result here (RUN_JOB waiters got ``failed`` in
+        # _fail); RECV_DATA subscribers hear the end of the stream.
+        self._notify(func, name, RESULT_FAILED)

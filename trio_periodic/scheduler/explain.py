@@ -13,7 +13,9 @@ A pending job waits for one of: its due time; a worker for its function (none
 registered); a free grab slot (every worker busy); jobs of the same function
 due before it.  A running job is held by one or more workers until a
 deadline.  A locked job waits for a lock that other jobs hold.  In cluster
-mode a job may be held by another server until its lease runs out.
+mode a job may be held by another server until its lease runs out.  A job of
+a function with a retry policy that failed before is being retried (attempt
+n of at most m); one past its last attempt is in the failed set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.record import run_at_of
 from trio_periodic.scheduler.state import ELSEWHERE, LOCKED, RUNNING, ConnState
+from trio_periodic.store.base import FailedJob
 
 __all__ = ["Explanation", "Holder", "LockWait", "explain"]
 
@@ -72,6 +75,12 @@ class Explanation:
     lease_until: float | None = None
     #: The server is draining for shutdown and hands nothing out.
     draining: bool = False
+    #: Failures so far (a pending job being retried, or one in the failed set).
+    failures: int = 0
+    #: The function's attempt limit (0: none or no policy).
+    max_attempts: int = 0
+    #: State ``failed``: what the failed set keeps of it.
+    failed: FailedJob | None = None
 
 
 def explain(core: Scheduler, func: bytes, name: bytes, now: float) -> Explanation | None:
@@ -79,13 +88,24 @@ def explain(core: Scheduler, func: bytes, name: bytes, now: float) -> Explanatio
     the server has no such job."""
     fs = core.funcs.get(func)
     stored = fs.jobs.get(name) if fs is not None else None
+    policy = core.policies.get(func)
+    limit = policy.max_attempts if policy is not None else 0
     if fs is None or stored is None:
-        return None
+        failed = core.failed.get(func, {}).get(name)
+        if failed is None:
+            return None
+        out = Explanation(func, name, "failed", failed.failed_at, max_attempts=limit)
+        out.failures, out.failed = failed.attempts, failed
+        out.reasons.append("failed")
+        return out
     workers = len(fs.workers)
     idle = sum(1 for conn in fs.workers if conn.slots)
     if isinstance(stored, bytes):
         run_at = run_at_of(stored)
         out = Explanation(func, name, "pending", run_at, workers, idle, draining=core.draining)
+        out.failures, out.max_attempts = core.attempts.get((func, name), 0), limit
+        if out.failures:
+            out.reasons.append("retrying")
         if run_at > now:
             out.reasons.append("not_due")
         # Records sort by (run_at, seq): the ones before this one go out first.

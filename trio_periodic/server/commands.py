@@ -210,7 +210,7 @@ def sched_later(c: CommandContext, msgid: int, pkt: p.SchedLater, now: float) ->
 
 
 def work_data(c: CommandContext, msgid: int, pkt: p.WorkData, now: float) -> bytes:
-    c.core.work_data(pkt.func, pkt.name, pkt.data)
+    c.core.work_data(pkt.func, pkt.name, pkt.data, c.state, now)
     return _success(msgid)
 
 
@@ -226,7 +226,7 @@ def release(c: CommandContext, msgid: int, pkt: p.Release, now: float) -> bytes:
 
 def extension(c: CommandContext, msgid: int, pkt: p.Extension, now: float) -> bytes:
     """Ours, not the reference's: one operation of ``server/ops`` (JSON in, JSON out)."""
-    ctx = OpContext(c.core, now, c.identity, describe_worker)
+    ctx = OpContext(c.core, now, c.identity, describe_worker, c.state)
     return encode_raw_frame(msgid, Cmd.EXTENSION, handle_request(ctx, pkt.body))
 
 

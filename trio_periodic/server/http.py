@@ -66,6 +66,7 @@ from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.server import dashboard
 from trio_periodic.server.auth import AuthFile, Identity, permits
+from trio_periodic.server.ops import retry as retry_ops
 from trio_periodic.server.ops.base import OpContext, OpError, describe_worker
 from trio_periodic.server.ops.table import lookup
 from trio_periodic.server.origins import OriginPolicy, same_origin
@@ -146,6 +147,11 @@ def _ok() -> Response:
 
 def _text(name: bytes) -> str:
     return name.decode("utf-8", errors="backslashreplace")
+
+
+def _text_arg(name: bytes) -> str:
+    """A name from the URL as an operation's argument (bytes survive the trip)."""
+    return name.decode("utf-8", "surrogateescape")
 
 
 class HttpError(Exception):
@@ -423,7 +429,9 @@ class HttpApi:
         if parts and parts[0] == b"periodic" and len(parts) >= 2:
             return await self._bridge(method, parts[1:], query, body, caller)
         if len(parts) >= 3 and parts[0] == b"api" and parts[1] == b"funcs":
-            return await self._api_func(method, parts[2:], query, caller)
+            return await self._api_func(method, parts[2:], query, body, caller)
+        if len(parts) >= 2 and parts[0] == b"api" and parts[1] == b"failed":
+            return await self._api_failed(method, parts[2:], query, caller)
         if len(parts) > 1:
             raise HttpError(404, "no such route")
         func = parts[0] if parts else b""
@@ -608,6 +616,15 @@ class HttpApi:
         for key, value in core.counters.items():
             metric = f"periodic_jobs_{key}_total"
             lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
+        visible = caller.visible
+        for metric, help_text, totals in (
+            ("periodic_retries_total", "Failed jobs scheduled to run again.", core.retried),
+            ("periodic_failed_total", "Jobs moved to the failed set.", core.failed_total),
+        ):
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+            for func in sorted(totals):
+                if visible is None or func in visible:
+                    lines.append(f"{metric}{{func={json.dumps(_text(func))}}} {totals[func]}")
         return Response(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
 
     async def _api_status(self, query: Any, body: bytes, caller: Caller) -> Response:
@@ -630,6 +647,7 @@ class HttpApi:
             "workers": dashboard.workers_view(self.core, now, describe_worker, visible),
             "totals": dict(self.core.counters),
             "throughput": series.as_json(),
+            "retry": retry_ops.overview(self.core, visible),
         }
 
     async def _api_overview(self, query: Any, body: bytes, caller: Caller) -> Response:
@@ -661,10 +679,17 @@ class HttpApi:
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=events)
 
     async def _api_func(
-        self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], caller: Caller
+        self,
+        method: bytes,
+        parts: list[bytes],
+        query: dict[bytes, list[bytes]],
+        body: bytes,
+        caller: Caller,
     ) -> Response:
-        """``/api/funcs/<func>[/jobs[/<name>[/run|/explain]]]``."""
+        """``/api/funcs/<func>[/jobs[/<name>[/run|/explain]]|/retry]``."""
         func, rest = parts[0], parts[1:]
+        if rest == [b"retry"]:
+            return await self._api_retry(method, func, body, caller)
         if method == b"DELETE" and not rest:
             caller.require(Cmd.DROP_FUNC, func)
             if func not in self.core.funcs:
@@ -719,6 +744,43 @@ class HttpApi:
             await self._commit()
             return _ok()
         raise HttpError(405 if len(rest) in (2, 3) else 404, "method not allowed")
+
+    # ------------------------------------------- retry policies, failed set
+
+    async def _api_retry(self, method: bytes, func: bytes, body: bytes, caller: Caller) -> Response:
+        """``GET|PUT|DELETE /api/funcs/<func>/retry``: the function's retry policy
+        (PUT: a JSON object of max_attempts, backoff, base, cap, jitter)."""
+        name = {b"GET": "retry_get", b"PUT": "retry_set", b"DELETE": "retry_clear"}.get(method)
+        if name is None:
+            raise HttpError(405, "method not allowed")
+        args: dict[str, Any] = {}
+        if method == b"PUT" and body.strip():
+            try:
+                args = json.loads(body)
+            except ValueError:
+                raise HttpError(400, "the body is not JSON") from None
+            if not isinstance(args, dict):
+                raise HttpError(400, "the body must be a JSON object")
+        return await self._op(name, {**args, "func": _text_arg(func)}, caller)
+
+    async def _api_failed(
+        self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], caller: Caller
+    ) -> Response:
+        """``GET /api/failed[?func=F]``, ``POST /api/failed/<func>/<name>/retry``,
+        ``DELETE /api/failed/<func>[/<name>]``."""
+        if not parts and method == b"GET":
+            func = query.get(b"func", [b""])[0]
+            args: dict[str, Any] = {"func": _text_arg(func)} if func else {}
+            return await self._op("failed_list", args, caller)
+        if len(parts) == 3 and parts[2] == b"retry" and method == b"POST":
+            args = {"func": _text_arg(parts[0]), "names": [_text_arg(parts[1])]}
+            return await self._op("failed_retry", args, caller)
+        if len(parts) in (1, 2) and method == b"DELETE":
+            args = {"func": _text_arg(parts[0])}
+            if len(parts) == 2:
+                args["names"] = [_text_arg(parts[1])]
+            return await self._op("failed_purge", args, caller)
+        raise HttpError(404, "no such route")
 
     # ------------------------------------------------------------ assets
 

@@ -84,7 +84,99 @@ class ExtendLease:
     until: float
 
 
-Change = PutJob | DeleteJob | PutFunc | DeleteFunc | SetConfig | ExtendLease
+# Retry policies and the failed set (opt-in; see scheduler/retry.py).
+
+#: Backoff kinds of a RetryPolicy.
+BACKOFF_FIXED = "fixed"
+BACKOFF_EXPONENTIAL = "exponential"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a function's failed jobs are retried.
+
+    ``max_attempts`` counts every attempt, the first included (0: no limit).
+    ``backoff`` is ``fixed`` (``base`` seconds after each failure) or
+    ``exponential`` (``base * 2**(n-1)`` seconds after the n-th failure),
+    capped at ``cap`` seconds (0: no cap).  With ``jitter`` the wait is drawn
+    between half of it and all of it."""
+
+    max_attempts: int = 0
+    backoff: str = BACKOFF_FIXED
+    base: float = 1.0
+    cap: float = 0.0
+    jitter: bool = False
+
+
+#: How a job in the failed set failed the last time.
+HOW_FAIL = "fail"
+HOW_TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """A job past its function's attempt limit, kept out of the pending set.
+
+    ``failed_at`` is epoch seconds; ``peer`` names the worker that held it
+    last; ``data`` is the tail of the last WORK_DATA it sent (bounded)."""
+
+    job: Job
+    attempts: int
+    failed_at: float
+    how: str = HOW_FAIL
+    peer: str = ""
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PutPolicy:
+    func: bytes
+    policy: RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePolicy:
+    func: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttempts:
+    """The job has failed ``attempts`` times so far (0: forget the count).
+    Kept apart from the job's row so that writing the job (PutJob) never
+    touches it: only these changes and DeleteFunc do."""
+
+    func: bytes
+    name: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutFailed:
+    """Insert or replace a job of the failed set (its pending row is deleted
+    by a DeleteJob of the same batch)."""
+
+    failed: FailedJob
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFailed:
+    func: bytes
+    name: bytes
+
+
+Change = (
+    PutJob
+    | DeleteJob
+    | PutFunc
+    | DeleteFunc
+    | SetConfig
+    | ExtendLease
+    | PutPolicy
+    | DeletePolicy
+    | SetAttempts
+    | PutFailed
+    | DeleteFailed
+)
 
 
 # What other servers sharing the store changed (cluster mode), as seen now.
@@ -115,7 +207,50 @@ class RemoteConfig:
     value: int
 
 
-RemoteChange = RemoteJob | RemoteDelete | RemoteDropFunc | RemoteConfig
+@dataclass(frozen=True, slots=True)
+class RemotePolicy:
+    """The function's retry policy as it is now (None: cleared)."""
+
+    func: bytes
+    policy: RetryPolicy | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAttempts:
+    func: bytes
+    name: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFailed:
+    """The failed-set entry of (func, name) as it is now (None: gone)."""
+
+    func: bytes
+    name: bytes
+    failed: FailedJob | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRetryState:
+    """Every policy, attempt count and failed job as they are now (after the
+    LISTEN connection was lost: replaces what the server had)."""
+
+    policies: dict[bytes, RetryPolicy]
+    attempts: dict[tuple[bytes, bytes], int]
+    failed: list[FailedJob]
+
+
+RemoteChange = (
+    RemoteJob
+    | RemoteDelete
+    | RemoteDropFunc
+    | RemoteConfig
+    | RemotePolicy
+    | RemoteAttempts
+    | RemoteFailed
+    | RemoteRetryState
+)
 
 
 @dataclass(slots=True)
@@ -127,6 +262,12 @@ class StoredState:
     config: dict[str, int] = field(default_factory=dict)
     #: Cluster mode: jobs another server holds, handle → lease_until (epoch s).
     leases: dict[tuple[bytes, bytes], float] = field(default_factory=dict)
+    #: Retry policies by function.
+    policies: dict[bytes, RetryPolicy] = field(default_factory=dict)
+    #: Failures so far of pending jobs of functions with a policy, by handle.
+    attempts: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
+    #: The failed set.
+    failed: list[FailedJob] = field(default_factory=list)
 
 
 @runtime_checkable

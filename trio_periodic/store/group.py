@@ -37,11 +37,16 @@ import trio
 
 from trio_periodic.store.base import (
     Change,
+    DeleteFailed,
     DeleteFunc,
     DeleteJob,
+    DeletePolicy,
     ExtendLease,
+    PutFailed,
     PutFunc,
     PutJob,
+    PutPolicy,
+    SetAttempts,
     SetConfig,
     StoreError,
 )
@@ -182,6 +187,20 @@ def change_row(change: Change) -> tuple[Any, ...]:
             return (key, value)
         case ExtendLease(func=func, name=name, until=until):
             return (func, name, until)
+        case PutPolicy(func=func, policy=p):
+            return (func, p.max_attempts, p.backoff, p.base, p.cap, p.jitter)
+        case DeletePolicy(func=func):
+            return (func,)
+        case SetAttempts(func=func, name=name, attempts=attempts):
+            return (func, name, attempts)
+        case PutFailed(failed=f):
+            j = f.job
+            return (
+                j.func, j.name, j.workload, j.sched_at, j.count, j.timeout,
+                f.attempts, f.failed_at, f.how, f.peer, f.data,
+            )  # fmt: skip
+        case DeleteFailed(func=func, name=name):
+            return (func, name)
     raise TypeError(f"not a store change: {change!r}")
 
 

@@ -10,6 +10,9 @@ inside the transaction, so that listeners hear of it only once it committed
     <server id> d <hex func> <hex name>     a job row was deleted
     <server id> f <hex func>                a function and all its jobs were dropped
     <server id> c <hex key>                 a config key was set
+    <server id> p <hex func>                a retry policy was set or cleared
+    <server id> a <hex func> <hex name>     a job's attempt count changed
+    <server id> x <hex func> <hex name>     a job entered or left the failed set
 
 split over several notifications when it would pass ``MAX_PAYLOAD`` bytes
 (PostgreSQL refuses payloads of 8000 bytes or more).  A notification says
@@ -39,16 +42,25 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from trio_periodic.protocol.job import Job
+from trio_periodic.store import pg_retry
 from trio_periodic.store.base import (
     Change,
+    DeleteFailed,
     DeleteFunc,
     DeleteJob,
+    DeletePolicy,
+    PutFailed,
     PutJob,
+    PutPolicy,
+    RemoteAttempts,
     RemoteChange,
     RemoteConfig,
     RemoteDelete,
     RemoteDropFunc,
+    RemoteFailed,
     RemoteJob,
+    RemotePolicy,
+    SetAttempts,
     SetConfig,
 )
 
@@ -111,6 +123,14 @@ def change_lines(server_id: str, changes: Iterable[Change]) -> list[str]:
                 lines[f"{server_id} f {func.hex()}"] = None
             case SetConfig(key=key):
                 lines[f"{server_id} c {key.encode().hex()}"] = None
+            case PutPolicy(func=func) | DeletePolicy(func=func):
+                lines[f"{server_id} p {func.hex()}"] = None
+            case SetAttempts(func=func, name=name):
+                lines[f"{server_id} a {func.hex()} {name.hex()}"] = None
+            case PutFailed(failed=failed):
+                lines[f"{server_id} x {failed.job.func.hex()} {failed.job.name.hex()}"] = None
+            case DeleteFailed(func=func, name=name):
+                lines[f"{server_id} x {func.hex()} {name.hex()}"] = None
     return list(lines)
 
 
@@ -135,7 +155,9 @@ def payloads(lines: Sequence[str]) -> list[str]:
 
 
 #: What a batch of notifications asks us to look at, in last-occurrence order:
-#: ("j", func, name) for a job row, ("f", func) for a dropped func, ("c", key).
+#: ("j", func, name) for a job row, ("f", func) for a dropped func, ("c", key);
+#: ("p", func) a retry policy, ("a", func, name) a count, ("x", func, name) a
+#: failed job.
 Key = tuple[Any, ...]
 
 
@@ -165,6 +187,10 @@ def _key(parts: list[str]) -> Key | None:
         return ("f", bytes.fromhex(parts[2]))
     if op == "c" and len(parts) == 3:
         return ("c", bytes.fromhex(parts[2]).decode())
+    if op in ("a", "x") and len(parts) == 4:
+        return (op, bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
+    if op == "p" and len(parts) == 3:
+        return ("p", bytes.fromhex(parts[2]))
     return None
 
 
@@ -271,6 +297,7 @@ class Listener:
         config_keys = [k[1] for k in keys if k[0] == "c"]
         rows: dict[Handle, Sequence[Any]] = {}
         configs: dict[str, int] = {}
+        retry = _RetryRows()
         with conn.cursor(binary=True) as cur:
             if handles:
                 cur.execute(_FETCH_JOBS, ([h[0] for h in handles], [h[1] for h in handles]))
@@ -278,10 +305,13 @@ class Listener:
             if config_keys:
                 cur.execute(_FETCH_CONFIGS, (config_keys,))
                 configs = dict(cur.fetchall())
+            retry.read(cur, keys)
         out: list[RemoteChange] = []
         now = self._clock()
         for key in keys:
-            if key[0] == "j":
+            if key[0] in _RETRY_KEYS:
+                out.append(retry.change(key))
+            elif key[0] == "j":
                 row = rows.get((key[1], key[2]))
                 if row is None:
                     out.append(RemoteDelete(key[1], key[2]))
@@ -305,6 +335,7 @@ class Listener:
             if after is None:
                 cur.execute("SELECT key, value FROM periodic_configs")
                 out += [RemoteConfig(key, value) for key, value in cur.fetchall()]
+                out.append(pg_retry.read_all(cur))
                 cur.execute(_FIRST_PAGE, (RESYNC_PAGE,))
             else:
                 cur.execute(_NEXT_PAGE, (*after, RESYNC_PAGE))
@@ -320,3 +351,34 @@ class Listener:
         if conn is None or conn.closed:
             raise psycopg.OperationalError("the LISTEN connection is closed")
         return conn
+
+
+_RETRY_KEYS: Final = frozenset({"p", "a", "x"})
+
+
+class _RetryRows:
+    """The retry rows a batch of notifications names, read in three statements."""
+
+    def __init__(self) -> None:
+        self.policies: dict[bytes, Any] = {}
+        self.attempts: dict[Handle, int] = {}
+        self.failed: dict[Handle, Any] = {}
+
+    def read(self, cur: psycopg.Cursor[Any], keys: Sequence[Key]) -> None:
+        funcs = [k[1] for k in keys if k[0] == "p"]
+        counted = [(k[1], k[2]) for k in keys if k[0] == "a"]
+        failed = [(k[1], k[2]) for k in keys if k[0] == "x"]
+        if funcs:
+            self.policies = pg_retry.read_policies(cur, funcs)
+        if counted:
+            self.attempts = pg_retry.read_attempts(cur, counted)
+        if failed:
+            self.failed = pg_retry.read_failed(cur, failed)
+
+    def change(self, key: Key) -> RemoteChange:
+        if key[0] == "p":
+            return RemotePolicy(key[1], self.policies.get(key[1]))
+        handle = (key[1], key[2])
+        if key[0] == "a":
+            return RemoteAttempts(key[1], key[2], self.attempts.get(handle, 0))
+        return RemoteFailed(key[1], key[2], self.failed.get(handle))

@@ -64,7 +64,8 @@ table as RemoteDeletes once the last page is read.  Functions dropped
 meanwhile lose their jobs that way; the empty function itself stays listed
 until restart (no job of it can be lost by that).
 
-Schema version 1 (tables carry a fixed ``periodic_`` prefix)::
+Schema version 2 (tables carry a fixed ``periodic_`` prefix; version 2 added
+the retry tables of ``pg_retry.py``)::
 
     periodic_meta(key TEXT PRIMARY KEY, value TEXT)   -- ('schema_version', '1')
     periodic_jobs(func BYTEA, name BYTEA, sched_at BIGINT, count BIGINT,
@@ -96,6 +97,7 @@ import psycopg_pool
 import trio
 
 from trio_periodic.protocol.job import Job
+from trio_periodic.store import pg_retry
 from trio_periodic.store.base import (
     Change,
     DeleteFunc,
@@ -151,7 +153,7 @@ def _migrate_to_1(conn: _Conn) -> None:
 
 
 #: MIGRATIONS[i] upgrades a database at schema version i to version i + 1.
-MIGRATIONS: Final[list[Callable[[_Conn], None]]] = [_migrate_to_1]
+MIGRATIONS: Final[list[Callable[[_Conn], None]]] = [_migrate_to_1, pg_retry.migrate_to_2]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 _TABLES: Final = ("periodic_meta", "periodic_jobs", "periodic_funcs", "periodic_configs")
 #: pg_advisory_xact_lock key serialising schema migrations ("periodic" in ASCII).
@@ -163,11 +165,13 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
     DeleteFunc: (
         "DELETE FROM periodic_jobs WHERE func = %s",
         "DELETE FROM periodic_funcs WHERE func = %s",
+        *pg_retry.DELETE_FUNC,
     ),
     SetConfig: (
         "INSERT INTO periodic_configs (key, value) VALUES (%s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     ),
+    **pg_retry.SQL,
 }
 
 # The hot kinds as one statement per run of changes, the rows as arrays:
@@ -802,4 +806,8 @@ def _load(conn: _Conn, now: float) -> StoredState:
         funcs = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT key, value FROM periodic_configs")
         config = {key: value for key, value in cur.fetchall()}
-    return StoredState(jobs=jobs, funcs=funcs, config=config, leases=leases)
+        retry = pg_retry.read_all(cur)
+    return StoredState(
+        jobs=jobs, funcs=funcs, config=config, leases=leases,
+        policies=retry.policies, attempts=retry.attempts, failed=retry.failed,
+    )  # fmt: skip

@@ -45,6 +45,8 @@ class OpContext:
     identity: Identity | None
     #: A worker connection's peer, for people to read.
     describe: Callable[[ConnState], str]
+    #: The binary connection the request came on (None over HTTP).
+    conn: ConnState | None = None
 
     @property
     def visible(self) -> frozenset[bytes] | None:

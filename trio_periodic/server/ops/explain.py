@@ -62,6 +62,20 @@ def _sentences(ctx: OpContext, ex: Explanation) -> list[str]:
         elif reason == "elsewhere":
             until = f" until {local_time(ex.lease_until)}" if ex.lease_until else ""
             lines.append(f"Held by another server sharing the store{until}.")
+        elif reason == "retrying":
+            of = f" of {ex.max_attempts}" if ex.max_attempts else ""
+            lines.append(
+                f"Failed {_plural(ex.failures, 'time')}: retry {ex.failures + 1}{of},"
+                f" next attempt at {local_time(ex.run_at)}."
+            )
+        elif reason == "failed" and ex.failed is not None:
+            f = ex.failed
+            by = f" (worker {f.peer})" if f.peer else ""
+            lines.append(
+                f"In the failed set after {_plural(f.attempts, 'attempt')};"
+                f" last failure at {local_time(f.failed_at)}: {f.how}{by}."
+                f" It runs again only after failed retry or a new submit."
+            )
     return lines
 
 
@@ -95,6 +109,17 @@ def _as_json(ctx: OpContext, ex: Explanation) -> dict[str, Any]:
             for w in ex.locks
         ],
         "lease_until": ex.lease_until,
+        "failures": ex.failures,
+        "max_attempts": ex.max_attempts,
+        "failed": None
+        if ex.failed is None
+        else {
+            "attempts": ex.failed.attempts,
+            "failed_at": ex.failed.failed_at,
+            "failed_at_local": local_time(ex.failed.failed_at),
+            "how": ex.failed.how,
+            "worker": ex.failed.peer,
+        },
         "text": _sentences(ctx, ex),
     }
 
