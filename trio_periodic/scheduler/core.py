@@ -48,6 +48,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Collection, Iterable
+from dataclasses import replace
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -57,6 +58,7 @@ from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
 from trio_periodic.scheduler.effects import Assign, Effect, Push
 from trio_periodic.scheduler.lazyheap import LazyHeap
 from trio_periodic.scheduler.record import fields, pack, run_at_of, sched_at_of, unpack
+from trio_periodic.scheduler.schedules import ScheduleBook
 from trio_periodic.scheduler.state import (
     _NO_ASSIGNMENTS,
     ELSEWHERE,
@@ -85,6 +87,10 @@ from trio_periodic.store.base import (
     RemoteDelete,
     RemoteDropFunc,
     RemoteJob,
+    RemoteSchedule,
+    RemoteScheduleDelete,
+    RemoteScheduleSet,
+    ScheduleRow,
     SetConfig,
     StoredState,
 )
@@ -144,6 +150,8 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(
             ("submitted", "assigned", "done", "failed", "rescheduled", "expired", "removed"), 0
         )
+        #: Schedules kept by the server (see schedules.py); idle when empty.
+        self.schedules = ScheduleBook()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -183,6 +191,8 @@ class Scheduler:
             if stored is not None and lease_until > now:
                 self._hold_elsewhere(self.funcs[func], stored, lease_until)
         self.changes.clear()
+        if state.schedules:
+            self.schedules.restore(state.schedules, now)
 
     # ------------------------------------------------------------ connections
 
@@ -584,6 +594,8 @@ class Scheduler:
         """Take a stored job out of every structure (queue, holders, locks)."""
         self._forget(fs, name, fs.jobs[name])
         del fs.jobs[name]
+        if self.schedules.queued:
+            self.schedules.job_gone((fs.name, name))
 
     def _forget(self, fs: FuncState, name: bytes, stored: Stored) -> None:
         if self.job_locks:
@@ -678,6 +690,8 @@ class Scheduler:
                 if fs.timer_at == at:
                     fs.timer_at = _INF
                 self.candidates.add(func)
+        if self.schedules.wake <= now + 0.001:
+            self._run_schedules(now)
         self.dispatch(now)
 
     def next_wakeup(self) -> float:
@@ -692,6 +706,8 @@ class Scheduler:
             t = self.timers[0][0]
         if self.leases and self.leases[0][0] < t:
             t = self.leases[0][0]
+        if self.schedules.wake < t:
+            t = self.schedules.wake
         return t
 
     def _expire_assignment(self, assignment: Assignment, now: float) -> None:
@@ -811,6 +827,12 @@ class Scheduler:
                     del self.funcs[change.func]
             elif isinstance(change, RemoteConfig) and change.key in self.config:
                 self.config[change.key] = change.value
+            elif isinstance(change, RemoteSchedule):
+                self.schedules.mirror(change.row, now)
+            elif isinstance(change, RemoteScheduleDelete):
+                self.schedules.remove(change.func, change.name)
+            elif isinstance(change, RemoteScheduleSet):
+                self.schedules.replace_all(change.rows, now)
 
     # ---------------------------------------------------------------- locks
 
@@ -927,6 +949,42 @@ class Scheduler:
     def load(self, jobs: Iterable[Job], now: float) -> None:
         for job in jobs:
             self.submit(job, now)
+
+    # ------------------------------------------------------------ schedules
+
+    def _run_schedules(self, now: float) -> None:
+        def submit(job: Job) -> None:
+            self.counters["submitted"] += 1
+            self._put(job, now)
+
+        self.schedules.run(now, self._exists, submit, self.changes, self.shared)
+
+    def _exists(self, func: bytes, name: bytes) -> bool:
+        return self._lookup(func, name) is not None
+
+    def schedule_put(self, row: ScheduleRow, now: float) -> None:
+        """Add or replace a schedule (validated by ``schedules.make_row``); a
+        replaced one keeps its counters and its queued ticks."""
+        old = self.schedules.entries.get(row.handle)
+        if old is not None:
+            o = old.row
+            row = replace(row, fired=o.fired, skipped=o.skipped, queued=o.queued,
+                          last_fired=o.last_fired)  # fmt: skip
+        self.schedules.put(row, now, self.changes)
+
+    def schedule_remove(self, func: bytes, name: bytes) -> bool:
+        return self.schedules.remove(func, name, self.changes)
+
+    def schedule_applied(self, row: ScheduleRow, job: Job | None, now: float) -> None:
+        """Cluster mode: the store decided a schedule's event (row and job are
+        stored already)."""
+
+        def submit(job: Job) -> None:
+            self.counters["submitted"] += 1
+            self._put(job, now)
+            self.changes.pop()  # already in the store
+
+        self.schedules.applied(row, job, now, submit, None)
 
     def config_get(self, key: str) -> int:
         return self.config.get(key, 0)
