@@ -152,6 +152,9 @@ class Scheduler:
         )
         #: Schedules kept by the server (see schedules.py); idle when empty.
         self.schedules = ScheduleBook()
+        #: True when a shared store decides schedules' ticks (the service then
+        #: sends ``schedules.requests`` through it).
+        self.schedules_remote = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -957,7 +960,7 @@ class Scheduler:
             self.counters["submitted"] += 1
             self._put(job, now)
 
-        self.schedules.run(now, self._exists, submit, self.changes, self.shared)
+        self.schedules.run(now, self._exists, submit, self.changes, self.schedules_remote)
 
     def _exists(self, func: bytes, name: bytes) -> bool:
         return self._lookup(func, name) is not None
@@ -975,16 +978,18 @@ class Scheduler:
     def schedule_remove(self, func: bytes, name: bytes) -> bool:
         return self.schedules.remove(func, name, self.changes)
 
-    def schedule_applied(self, row: ScheduleRow, job: Job | None, now: float) -> None:
-        """Cluster mode: the store decided a schedule's event (row and job are
-        stored already)."""
+    def schedule_applied(
+        self, before: ScheduleRow | None, row: ScheduleRow, job: Job | None, now: float
+    ) -> None:
+        """Cluster mode: the store decided a schedule's event, seeing ``before``
+        (``row`` and ``job`` are stored already)."""
 
         def submit(job: Job) -> None:
             self.counters["submitted"] += 1
             self._put(job, now)
             self.changes.pop()  # already in the store
 
-        self.schedules.applied(row, job, now, submit, None)
+        self.schedules.applied(row, job, now, submit, None, before)
 
     def config_get(self, key: str) -> int:
         return self.config.get(key, 0)

@@ -122,7 +122,7 @@ def decide(
     return on_start(row, cron, now, exists)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """Cluster mode: an event for the store to decide (see ``decide``)."""
 
@@ -132,8 +132,11 @@ class Request:
     cron: Cron
     tick: int
     now: float
+    #: The row as the store had it when it decided (set by ``decision``).
+    before: ScheduleRow | None = None
 
     def decision(self, row: ScheduleRow, exists: bool) -> tuple[ScheduleRow, Job | None]:
+        self.before = row
         return decide(self.kind, self.cron, self.tick, self.now, row, exists)
 
 
@@ -333,12 +336,12 @@ class ScheduleBook:
         exists: Callable[[bytes, bytes], bool],
         submit: Callable[[Job], None],
         changes: list[Change],
-        shared: bool,
+        remote: bool,
     ) -> None:
-        """Handle what is due: here (one server) or as ``requests`` (cluster)."""
+        """Handle what is due: here, or as ``requests`` for the store (``remote``)."""
         for entry, kind, tick in self.due(now):
             row = entry.row
-            if shared:
+            if remote:
                 self.requests.append(Request(row.func, row.name, kind, entry.cron, tick, now))
                 continue
             new, job = decide(kind, entry.cron, tick, now, row, exists(row.func, row.name))
@@ -351,13 +354,15 @@ class ScheduleBook:
         now: float,
         submit: Callable[[Job], None] | None,
         changes: list[Change] | None,
+        before: ScheduleRow | None = None,
     ) -> None:
-        """The outcome of a decision: record the row, submit the job."""
+        """The outcome of a decision: record the row, submit the job.
+        ``before``: the row the decision saw (default: ours)."""
         entry = self.entries.get(new.handle)
         if entry is None:
             return
-        old = entry.row
-        if new == old:
+        old = entry.row if before is None else before
+        if new == entry.row:
             return
         if job is not None:
             entry.local_fired += 1

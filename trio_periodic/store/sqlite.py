@@ -15,13 +15,17 @@ failing transaction is retried batch by batch so that one bad batch fails only
 its own caller.  ``ExtendLease`` (cluster mode) means nothing to a store that
 is not shared: it is accepted and ignored.
 
-File layout (schema version 1)::
+File layout (schema version 2; version 1 had no ``schedules``)::
 
     meta(key TEXT PRIMARY KEY, value)            -- ('schema_version', 1)
     jobs(func BLOB, name BLOB, sched_at INTEGER, count INTEGER,
          timeout INTEGER, workload BLOB, PRIMARY KEY (func, name)) WITHOUT ROWID
     funcs(func BLOB PRIMARY KEY) WITHOUT ROWID
     configs(key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID
+    schedules(func BLOB, name BLOB, cron TEXT, tz TEXT, workload BLOB,
+              timeout INTEGER, overlap TEXT, catch_up TEXT, last_tick INTEGER,
+              last_fired INTEGER, fired INTEGER, skipped INTEGER, queued INTEGER,
+              PRIMARY KEY (func, name)) WITHOUT ROWID
 
 One server per file: ``open`` takes an exclusive ``flock`` on the sidecar
 file ``<file>.lock`` (created if missing, never deleted: unlinking a lock
@@ -57,14 +61,23 @@ from trio_periodic.store.base import (
     Change,
     DeleteFunc,
     DeleteJob,
+    DeleteSchedule,
     ExtendLease,
     PutFunc,
     PutJob,
+    PutSchedule,
     SetConfig,
     StoredState,
     StoreError,
 )
-from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.group import (
+    SCHEDULE_COLUMNS,
+    GroupCommitter,
+    change_runs,
+    gc_paused,
+    schedule_row,
+    split_outcomes,
+)
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
@@ -86,8 +99,22 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Schedules kept by the server (scheduler/schedules.py); times in epoch seconds."""
+    conn.execute(
+        "CREATE TABLE schedules ("
+        " func BLOB NOT NULL, name BLOB NOT NULL, cron TEXT NOT NULL, tz TEXT NOT NULL,"
+        " workload BLOB NOT NULL DEFAULT x'', timeout INTEGER NOT NULL DEFAULT 0,"
+        " overlap TEXT NOT NULL DEFAULT 'skip', catch_up TEXT NOT NULL DEFAULT 'none',"
+        " last_tick INTEGER NOT NULL DEFAULT 0, last_fired INTEGER NOT NULL DEFAULT 0,"
+        " fired INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,"
+        " queued INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (func, name)) WITHOUT ROWID"
+    )
+
+
 #: MIGRATIONS[i] upgrades a file at schema version i to version i + 1.
-MIGRATIONS: Final[list[Callable[[sqlite3.Connection], None]]] = [_migrate_to_1]
+MIGRATIONS: Final[list[Callable[[sqlite3.Connection], None]]] = [_migrate_to_1, _migrate_to_2]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _SQL: Final[dict[type, tuple[str, ...]]] = {
@@ -100,6 +127,11 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
     DeleteFunc: ("DELETE FROM jobs WHERE func = ?", "DELETE FROM funcs WHERE func = ?"),
     SetConfig: ("INSERT OR REPLACE INTO configs (key, value) VALUES (?, ?)",),
     ExtendLease: (),  # leases only mean something in a shared store
+    PutSchedule: (
+        f"INSERT OR REPLACE INTO schedules ({SCHEDULE_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ),
+    DeleteSchedule: ("DELETE FROM schedules WHERE func = ? AND name = ?",),
 }
 
 # Column order matches Job's positional fields: func, name, workload, sched_at,
@@ -296,4 +328,5 @@ def _load(conn: sqlite3.Connection) -> StoredState:
         jobs = list(starmap(Job, conn.execute(_LOAD_JOBS)))
     funcs = {row[0] for row in conn.execute("SELECT func FROM funcs")}
     config = {key: value for key, value in conn.execute("SELECT key, value FROM configs")}
-    return StoredState(jobs=jobs, funcs=funcs, config=config)
+    schedules = [schedule_row(r) for r in conn.execute(f"SELECT {SCHEDULE_COLUMNS} FROM schedules")]
+    return StoredState(jobs=jobs, funcs=funcs, config=config, schedules=schedules)
