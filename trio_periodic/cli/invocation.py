@@ -24,6 +24,7 @@ __all__ = [
     "Drop",
     "Dump",
     "ExecWorker",
+    "Explain",
     "Globals",
     "Invocation",
     "Load",
@@ -65,6 +66,13 @@ class Globals:
 
 @dataclass(frozen=True, slots=True)
 class Status:
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Explain:
+    func: str
+    name: str
     json: bool = False
 
 
@@ -200,6 +208,7 @@ Command = (
     | Load
     | Ping
     | Shutdown
+    | Explain
     | Serve
     | ExecWorker
     | WorkerCmd

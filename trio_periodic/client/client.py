@@ -18,6 +18,7 @@ server keeps their subscription alive (the job's timeout, 60 s if 0) plus
 from __future__ import annotations
 
 import inspect
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -35,7 +36,7 @@ from trio_periodic.client.connection import (
     Subscription,
     expect_success,
 )
-from trio_periodic.client.errors import JobFailed, NoWorker, UnexpectedReply
+from trio_periodic.client.errors import ExtensionError, JobFailed, NoWorker, UnexpectedReply
 from trio_periodic.client.job import decode_name, encode_name, to_bytes
 from trio_periodic.client.transport import default_url
 from trio_periodic.protocol import (
@@ -46,6 +47,7 @@ from trio_periodic.protocol import (
     Data,
     DropFunc,
     Dump,
+    Extension,
     Load,
     Packet,
     ProtocolError,
@@ -312,6 +314,36 @@ class Client:
             await self.conn.wait_closed()
             return True
         return False
+
+    # ------------------------------------------------- beyond the reference
+
+    async def extension(self, op: str, **args: Any) -> Any:
+        """Run operation ``op`` (trio_periodic servers only; the reference server
+        closes the connection).  Returns its result; :class:`ExtensionError`
+        when the server refuses it."""
+        body = json.dumps({"op": op, **args}).encode()
+        reply = await self.conn.request(Extension(body))
+        if not isinstance(reply, Extension):
+            expect_success(reply, op)
+            raise UnexpectedReply(f"{op} answered with SUCCESS")
+        try:
+            answer = json.loads(reply.body)
+        except ValueError:
+            raise UnexpectedReply(f"{op}: the answer is not JSON") from None
+        if not isinstance(answer, dict):
+            raise UnexpectedReply(f"{op}: the answer is not a JSON object")
+        if not answer.get("ok"):
+            error = str(answer.get("error", "refused"))
+            raise ExtensionError(error, int(answer.get("status", 400)))
+        return answer.get("result")
+
+    async def explain(self, func: Name, name: Name) -> dict[str, Any]:
+        """Why job ``func/name`` has not run: its state, reason codes and one
+        sentence per reason under ``"text"``."""
+        result: dict[str, Any] = await self.extension(
+            "explain", func=_text(func), name=_text(name)
+        )
+        return result
 
     async def _data(self, packet: Packet, what: str, wait: float | None = None) -> bytes:
         reply = await self.conn.request(packet, wait=wait)

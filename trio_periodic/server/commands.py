@@ -18,6 +18,8 @@ from trio_periodic.protocol.job import encode_job_list
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server.auth import Identity
+from trio_periodic.server.ops.base import OpContext, describe_worker
+from trio_periodic.server.ops.table import handle_request
 
 #: Commands a client-role connection may send (PROTOCOL.md §13.3).
 CLIENT_COMMANDS = frozenset(
@@ -34,6 +36,7 @@ CLIENT_COMMANDS = frozenset(
         Cmd.CONFIG_SET,
         Cmd.RUN_JOB,
         Cmd.RECV_DATA,
+        Cmd.EXTENSION,
     }
 )
 #: Codes only the server sends: decoded, then ignored without a reply.
@@ -221,6 +224,12 @@ def release(c: CommandContext, msgid: int, pkt: p.Release, now: float) -> bytes:
     return _success(msgid)
 
 
+def extension(c: CommandContext, msgid: int, pkt: p.Extension, now: float) -> bytes:
+    """Ours, not the reference's: one operation of ``server/ops`` (JSON in, JSON out)."""
+    ctx = OpContext(c.core, now, c.identity, describe_worker)
+    return encode_raw_frame(msgid, Cmd.EXTENSION, handle_request(ctx, pkt.body))
+
+
 def ignore(c: CommandContext, msgid: int, pkt: Any, now: float) -> None:
     return None
 
@@ -252,6 +261,7 @@ COMMANDS: dict[type, Handler] = {
     p.WorkData: work_data,
     p.Acquire: acquire,
     p.Release: release,
+    p.Extension: extension,
 }
 for _cls in p.PACKET_TYPES.values():
     if _cls.cmd in SERVER_ONLY:

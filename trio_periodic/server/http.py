@@ -64,9 +64,10 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import Data
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import SchedulerService
-from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server import dashboard
 from trio_periodic.server.auth import AuthFile, Identity, permits
+from trio_periodic.server.ops.base import OpContext, OpError, describe_worker
+from trio_periodic.server.ops.table import lookup
 from trio_periodic.server.origins import OriginPolicy, same_origin
 from trio_periodic.store.base import StoreError
 
@@ -202,13 +203,6 @@ def _query_int(query: dict[bytes, list[bytes]], key: bytes, default: int = 0) ->
         return int(raw)
     except ValueError:
         raise HttpError(400, f"{key.decode()} must be an integer, got {_text(raw)!r}") from None
-
-
-def _describe(conn: ConnState) -> str:
-    """A worker connection's peer address, for the dashboard."""
-    stream = getattr(conn.sink, "stream", None)
-    peer = getattr(stream, "peer", None)
-    return str(peer) if peer else f"connection {conn.conn_id}"
 
 
 class HttpApi:
@@ -509,6 +503,19 @@ class HttpApi:
         await self._commit()
         return _ok()
 
+    async def _op(self, name: str, args: dict[str, Any], caller: Caller) -> Response:
+        """Run operation ``name`` of ``server/ops`` for ``caller``; its result as
+        JSON, committed to the store first when it changes anything."""
+        ctx = OpContext(self.core, self._now(), caller.identity, describe_worker)
+        try:
+            op = lookup(ctx, name)
+            result = op.handler(ctx, args)
+        except OpError as exc:
+            raise HttpError(exc.status, exc.message) from None
+        if op.writes:
+            await self._commit()
+        return _json(200, result)
+
     async def _commit(self) -> None:
         service = self.service
         effects, changes = service.finish_batch()
@@ -620,7 +627,7 @@ class HttpApi:
             "now": now,
             "draining": self.core.draining,
             "funcs": dashboard.funcs_view(self.core, now, visible),
-            "workers": dashboard.workers_view(self.core, now, _describe, visible),
+            "workers": dashboard.workers_view(self.core, now, describe_worker, visible),
             "totals": dict(self.core.counters),
             "throughput": series.as_json(),
         }
@@ -633,7 +640,7 @@ class HttpApi:
 
     async def _api_workers(self, query: Any, body: bytes, caller: Caller) -> Response:
         now = self._now()
-        return _json(200, dashboard.workers_view(self.core, now, _describe, caller.visible))
+        return _json(200, dashboard.workers_view(self.core, now, describe_worker, caller.visible))
 
     async def _api_throughput(self, query: Any, body: bytes, caller: Caller) -> Response:
         seconds = _query_int(query, b"seconds", DEFAULT_HISTORY)
@@ -656,7 +663,7 @@ class HttpApi:
     async def _api_func(
         self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], caller: Caller
     ) -> Response:
-        """``/api/funcs/<func>[/jobs[/<name>[/run]]]``."""
+        """``/api/funcs/<func>[/jobs[/<name>[/run|/explain]]]``."""
         func, rest = parts[0], parts[1:]
         if method == b"DELETE" and not rest:
             caller.require(Cmd.DROP_FUNC, func)
@@ -685,7 +692,7 @@ class HttpApi:
                 self.core,
                 func,
                 self._now(),
-                _describe,
+                describe_worker,
                 offset=_query_int(query, b"offset", 0),
                 limit=_query_int(query, b"limit", 50),
                 state=state,
@@ -701,6 +708,8 @@ class HttpApi:
             self.core.remove_job(func, name)
             await self._commit()
             return _ok()
+        if len(rest) == 3 and rest[2] == b"explain" and method == b"GET":
+            return await self._op("explain", {"func": _text(func), "name": _text(name)}, caller)
         if len(rest) == 3 and rest[2] == b"run" and method == b"POST":
             caller.require(Cmd.SUBMIT_JOB, func)
             if self.core.entry(func, name) is None:
