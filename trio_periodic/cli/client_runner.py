@@ -35,6 +35,7 @@ from trio_periodic.cli.invocation import (
     Status,
     Submit,
 )
+from trio_periodic.cli.schedule_runner import ACTIONS as SCHEDULE_ACTIONS
 from trio_periodic.client import Client, FuncStatus
 from trio_periodic.protocol import ProtocolError, decode_job_list
 from trio_periodic.protocol.job import Job as WireJob
@@ -271,6 +272,7 @@ ACTIONS: dict[type, Action] = {
     Ping: _ping,
     Shutdown: _shutdown,
     Explain: _explain,
+    **SCHEDULE_ACTIONS,
 }
 
 

@@ -32,6 +32,9 @@ __all__ = [
     "Recv",
     "Remove",
     "RunJob",
+    "ScheduleAdd",
+    "ScheduleList",
+    "ScheduleRemove",
     "Serve",
     "Shutdown",
     "Status",
@@ -74,6 +77,30 @@ class Explain:
     func: str
     name: str
     json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleAdd:
+    func: str
+    name: str
+    cron: str
+    tz: str = "UTC"
+    #: ``-w``: literal data, or ``@FILE`` for a file's contents.
+    workload: str | None = None
+    timeout: int = 0
+    overlap: str = "skip"
+    catch_up: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleList:
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRemove:
+    func: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +236,9 @@ Command = (
     | Ping
     | Shutdown
     | Explain
+    | ScheduleAdd
+    | ScheduleList
+    | ScheduleRemove
     | Serve
     | ExecWorker
     | WorkerCmd
