@@ -16,6 +16,7 @@ from test_http import http, http_server  # noqa: F401 - fixture
 
 from trio_periodic.client import Client
 from trio_periodic.client.errors import ExtensionError
+from trio_periodic.protocol.job import Job
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.server.app import Server
 from trio_periodic.server.auth import Identity
@@ -168,3 +169,24 @@ def test_periodic_schedule_commands(daemon) -> None:  # type: ignore[no-untyped-
     missing = periodic("schedule", "remove", "f", "nightly", url=url)
     assert missing.returncode == 1 and "no schedule f/nightly" in missing.stderr
     assert json.loads(periodic("schedule", "list", "--json", url=url).stdout) == []
+
+
+def test_explain_names_the_schedule_that_submits_the_job() -> None:
+    core = Scheduler()
+    ask(core, {"op": "schedule_add", "func": "f", "name": "s", "cron": "*/10 * * * *",
+               "tz": "America/New_York"})  # fmt: skip
+    core.tick(NOW + 570)  # 10:10Z: fired, no worker
+    answer = ask(core, {"op": "explain", "func": "f", "name": "s"})["result"]
+    assert answer["schedule"] == {
+        "cron": "*/10 * * * *",
+        "tz": "America/New_York",
+        "next_run": NOW + 1170,
+        "next_run_local": "2026-06-01T06:20:00-04:00",
+    }
+    assert answer["text"][-1] == (
+        "Submitted by schedule */10 * * * * (America/New_York),"
+        " next tick at 2026-06-01T06:20:00-04:00."
+    )
+    # A job of another name says nothing of schedules.
+    core.submit(Job(b"f", b"other"), NOW)
+    assert ask(core, {"op": "explain", "func": "f", "name": "other"})["result"]["schedule"] is None

@@ -14,6 +14,9 @@ registered); a free grab slot (every worker busy); jobs of the same function
 due before it.  A running job is held by one or more workers until a
 deadline.  A locked job waits for a lock that other jobs hold.  In cluster
 mode a job may be held by another server until its lease runs out.
+
+A job whose name a schedule submits says so (``ScheduleNote``): the
+schedule's expression, zone and next tick.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.record import run_at_of
 from trio_periodic.scheduler.state import ELSEWHERE, LOCKED, RUNNING, ConnState
 
-__all__ = ["Explanation", "Holder", "LockWait", "explain"]
+__all__ = ["Explanation", "Holder", "LockWait", "ScheduleNote", "explain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,16 @@ class LockWait:
     holders: tuple[tuple[bytes, bytes], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleNote:
+    """The schedule that submits this job."""
+
+    cron: str
+    tz: str
+    #: Its next tick (epoch s); None when it has none.
+    next_tick: float | None
+
+
 @dataclass(slots=True)
 class Explanation:
     func: bytes
@@ -72,11 +85,23 @@ class Explanation:
     lease_until: float | None = None
     #: The server is draining for shutdown and hands nothing out.
     draining: bool = False
+    #: The schedule that submits the job, if one does.
+    schedule: ScheduleNote | None = None
 
 
 def explain(core: Scheduler, func: bytes, name: bytes, now: float) -> Explanation | None:
     """The state of job ``func/name`` and why it is not running, or None if
     the server has no such job."""
+    out = _explain_job(core, func, name, now)
+    if out is not None and core.schedules.entries:
+        entry = core.schedules.entries.get((func, name))
+        if entry is not None:
+            nxt = entry.next_tick if entry.next_tick != float("inf") else None
+            out.schedule = ScheduleNote(entry.row.cron, entry.row.tz, nxt)
+    return out
+
+
+def _explain_job(core: Scheduler, func: bytes, name: bytes, now: float) -> Explanation | None:
     fs = core.funcs.get(func)
     stored = fs.jobs.get(name) if fs is not None else None
     if fs is None or stored is None:

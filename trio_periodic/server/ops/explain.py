@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from trio_periodic.scheduler.explain import Explanation, explain
+from trio_periodic.scheduler.cron import CronError, format_local, zone
+from trio_periodic.scheduler.explain import Explanation, ScheduleNote, explain
 from trio_periodic.server.ops.base import Op, OpContext, OpError, name_arg, text
 
 __all__ = ["OPS", "local_time"]
@@ -62,7 +63,20 @@ def _sentences(ctx: OpContext, ex: Explanation) -> list[str]:
         elif reason == "elsewhere":
             until = f" until {local_time(ex.lease_until)}" if ex.lease_until else ""
             lines.append(f"Held by another server sharing the store{until}.")
+    if ex.schedule is not None:
+        s = ex.schedule
+        nxt = f", next tick at {_schedule_time(s)}" if s.next_tick is not None else ""
+        lines.append(f"Submitted by schedule {s.cron} ({s.tz}){nxt}.")
     return lines
+
+
+def _schedule_time(s: ScheduleNote) -> str:
+    """The schedule's next tick in its own zone, with the offset."""
+    assert s.next_tick is not None
+    try:
+        return format_local(s.next_tick, zone(s.tz))
+    except CronError:
+        return local_time(s.next_tick)
 
 
 def _as_json(ctx: OpContext, ex: Explanation) -> dict[str, Any]:
@@ -95,6 +109,14 @@ def _as_json(ctx: OpContext, ex: Explanation) -> dict[str, Any]:
             for w in ex.locks
         ],
         "lease_until": ex.lease_until,
+        "schedule": None
+        if ex.schedule is None
+        else {
+            "cron": ex.schedule.cron,
+            "tz": ex.schedule.tz,
+            "next_run": ex.schedule.next_tick,
+            "next_run_local": _schedule_time(ex.schedule) if ex.schedule.next_tick else None,
+        },
         "text": _sentences(ctx, ex),
     }
 
