@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import time
 from pathlib import Path
 
@@ -129,7 +130,7 @@ async def test_http_routes_and_metrics(http_server: tuple[Server, int, int]) -> 
     assert json.loads((await http(port, "GET", "/api/schedules"))[1]) == []
 
 
-async def test_schedules_survive_a_restart_on_sqlite(tmp_path: Path) -> None:
+async def test_schedules_survive_a_restart_on_sqlite_and_catch_up(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     for round_ in range(2):
         srv = Server(SqliteStore(path), ["tcp://127.0.0.1:0"])
@@ -138,10 +139,27 @@ async def test_schedules_survive_a_restart_on_sqlite(tmp_path: Path) -> None:
             async with Client.connect(bound[0]) as client:
                 if round_ == 0:
                     await client.schedule_add("f", "s", "*/5 * * * *", tz="Europe/Paris")
+                    await client.schedule_add("f", "c", "* * * * *", catch_up="last")
+                    assert [r.jobs for r in await client.status()] == []
                 else:
-                    [s] = await client.schedule_list()
+                    listed = {s["name"]: s for s in await client.schedule_list()}
+                    s = listed["s"]
                     assert (s["cron"], s["tz"]) == ("*/5 * * * *", "Europe/Paris")
+                    # The server was "down" for an hour: "c" catches its last tick up.
+                    with trio.fail_after(10):
+                        while not await client.status():
+                            await trio.sleep(0.02)
+                    [row] = await client.status()
+                    assert (row.func, row.jobs) == ("f", 1)
+                    c = {s["name"]: s for s in await client.schedule_list()}["c"]
+                    assert c["fired"] == 1 and c["last_run"] % 60 == 0
             nursery.cancel_scope.cancel()
+        if round_ == 0:
+            # As if the server had been stopped an hour ago.
+            conn = sqlite3.connect(path)
+            with conn:
+                conn.execute("UPDATE schedules SET last_tick = last_tick - 3600")
+            conn.close()
 
 
 def test_periodic_schedule_commands(daemon) -> None:  # type: ignore[no-untyped-def]
