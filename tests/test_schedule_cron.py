@@ -136,3 +136,17 @@ def test_bad_expressions_and_zones_are_refused(expr: str, tz: str, message: str)
     with pytest.raises(CronError, match=message) as info:
         Cron(expr, tz)
     assert "\n" not in str(info.value)
+
+
+def test_newest_tick_seen_from_inside_a_repeated_hour() -> None:
+    # 01:10 EST is the second pass of 01:00-01:59 on 2026-11-01 in New York: the
+    # newest tick is 01:59 EDT (the second pass fires nothing), not 01:10 EDT.
+    cron = Cron("* * * * *", "America/New_York")
+    now = at("2026-11-01T01:10:30-05:00")
+    newest = cron.ticks_between(now - 7200, now, 3)
+    assert [cron.describe(t) for t in newest] == [
+        "2026-11-01T01:57:00-04:00",
+        "2026-11-01T01:58:00-04:00",
+        "2026-11-01T01:59:00-04:00",
+    ]
+    assert cron.next_after(now) == at("2026-11-01T02:00:00-05:00")

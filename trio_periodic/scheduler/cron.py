@@ -46,7 +46,8 @@ DEFAULT_ZONE = "UTC"
 #: expression that matches (almost) never, e.g. 29 February on a Monday, is
 #: still found: cronsim searches up to 50 years inside one step).
 _MAX_STEPS = 10_000
-_ONE_SECOND = timedelta(seconds=1)
+#: Local time past ``instant`` where ``backwards`` starts (more than any DST shift).
+_LOOK_BACK_FROM = timedelta(hours=3)
 
 
 class CronError(ValueError):
@@ -130,10 +131,12 @@ class Cron:
 
     def backwards(self, instant: float) -> Iterator[int]:
         """Ticks at or before ``instant``, newest first, each once."""
-        start = self.local(instant)
-        # cronsim's reverse iteration starts strictly before its start: begin
-        # one second later so that a tick at ``instant`` itself is included.
-        it = CronSim(self.expr, start.replace(microsecond=0) + _ONE_SECOND, reverse=True)
+        # Local times map to instants in the same order, but ``instant`` may lie
+        # in the second pass of a repeated hour, whose local times map to the
+        # first pass: so begin a few hours of local time later and let the
+        # filter below drop what lies after ``instant``.
+        start = self.local(instant) + _LOOK_BACK_FROM
+        it = CronSim(self.expr, start, reverse=True)
         last = None
         for _ in range(_MAX_STEPS):
             try:
