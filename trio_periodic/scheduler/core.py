@@ -155,6 +155,9 @@ class Scheduler:
         #: True when a shared store decides schedules' ticks (the service then
         #: sends ``schedules.requests`` through it).
         self.schedules_remote = False
+        #: The book's handles with queued ticks (the same dict, never replaced):
+        #: a finished job costs one attribute read while it is empty.
+        self._schedule_queued = self.schedules.queued
 
     # ------------------------------------------------------------------ plumbing
 
@@ -597,7 +600,7 @@ class Scheduler:
         """Take a stored job out of every structure (queue, holders, locks)."""
         self._forget(fs, name, fs.jobs[name])
         del fs.jobs[name]
-        if self.schedules.queued:
+        if self._schedule_queued:
             self.schedules.job_gone((fs.name, name))
 
     def _forget(self, fs: FuncState, name: bytes, stored: Stored) -> None:

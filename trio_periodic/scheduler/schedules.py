@@ -186,7 +186,8 @@ class ScheduleBook:
         self.entries: dict[Handle, Entry] = {}
         #: Earliest moment something here is due (epoch s); inf when nothing.
         self.wake = math.inf
-        #: Handles with queued ticks → their entry (checked when a job ends).
+        #: Handles with queued ticks → their entry (checked when a job ends;
+        #: the core keeps a reference: mutate it, never replace it).
         self.queued: dict[Handle, Entry] = {}
         #: Cluster mode: events for the service to send through the store.
         self.requests: list[Request] = []
