@@ -36,6 +36,7 @@ from trio_periodic.store.pg_notify import MAX_PAYLOAD, change_lines, parse, payl
 from trio_periodic.store.postgres import (
     SCHEMA_VERSION,
     PostgresStore,
+    _one_statement,
     to_conninfo,
 )
 from trio_periodic.store.uri import redact_uri
@@ -259,6 +260,45 @@ async def test_database_gone_for_good_fails_then_recovers(url: str) -> None:
                 await trio.sleep(0.2)
         await store.aclose()
         assert await _names(url) == {b"back"}
+
+
+def test_a_transaction_is_one_statement_only_when_order_cannot_matter() -> None:
+    a, b = Job(b"f", b"a"), Job(b"f", b"b")
+    single = _one_statement([PutJob(a), DeleteJob(b"f", b"b"), PutJob(a)], ["n"], False, "me", 0)
+    assert single is not None and single[0].startswith("WITH p AS (INSERT")
+    assert "pg_notify" in single[0]
+    # The same job under two kinds of change: their order matters, so a block.
+    assert _one_statement([PutJob(a), DeleteJob(b"f", b"a")], [], False, "me", 0) is None
+    assert _one_statement([DeleteJob(b"f", b"b"), PutJob(b)], [], False, "me", 0) is None
+    # Rare kinds always go as a block.
+    assert _one_statement([PutFunc(b"f"), PutJob(a)], [], False, "me", 0) is None
+
+
+@pytest.mark.postgres
+async def test_both_transaction_shapes_apply_changes_in_order(url: str) -> None:
+    """One statement (disjoint jobs) and a block (a job touched twice) leave the
+    rows that applying the changes one after the other would."""
+    job = Job(b"f", b"x", b"w1")
+    with trio.fail_after(TIMEOUT):
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            await store.commit([PutJob(Job(b"f", b"keep")), PutJob(job), PutJob(Job(b"f", b"z"))])
+            await store.commit([DeleteJob(b"f", b"z"), PutJob(Job(b"f", b"x", b"w2"))])
+            assert _claim_row(url, b"f", b"x") == (None, None, b"w2")
+            await store.commit([PutJob(Job(b"f", b"y")), DeleteJob(b"f", b"y")])
+            await store.commit([DeleteJob(b"f", b"keep"), PutJob(Job(b"f", b"keep", b"back"))])
+            commits_before = store.commits
+            # A claim on put comes back through the statement's own result.
+            await store.commit([PutJob(Job(b"f", b"claimed"), lease=LEASE), DeleteJob(b"f", b"x")])
+            assert store.commits == commits_before + 1
+            assert b"claimed" not in {n for _, n in store.put_claims_refused}
+        finally:
+            await store.aclose()
+    assert await _names(url) == {b"keep", b"claimed"}
+    assert _claim_row(url, b"f", b"keep") == (None, None, b"back")
+    row = _claim_row(url, b"f", b"claimed")
+    assert row is not None and row[0] is not None
 
 
 # -- cluster mode: claims, leases, notifications ---------------------------------------

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -946,11 +946,16 @@ class Scheduler:
 
     def dump(self) -> list[JobEntry]:
         """Every stored job (pending ones as detached copies)."""
-        return [
-            self._unpacked(fs, stored) if isinstance(stored, bytes) else stored
-            for fs in self.funcs.values()
-            for stored in fs.jobs.values()
-        ]
+        return list(self.iter_jobs())
+
+    def iter_jobs(self) -> Iterator[JobEntry]:
+        """Every stored job, one at a time (pending ones as detached copies made
+        as they are reached): a DUMP of a million jobs never holds a million
+        entries.  The caller must not change the scheduler while iterating."""
+        unpacked = self._unpacked
+        for fs in self.funcs.values():
+            for stored in fs.jobs.values():
+                yield unpacked(fs, stored) if isinstance(stored, bytes) else stored
 
     def load(self, jobs: Iterable[Job], now: float) -> None:
         for job in jobs:

@@ -135,7 +135,7 @@ def remove_job(c: CommandContext, msgid: int, pkt: p.RemoveJob, now: float) -> b
 
 
 def dump(c: CommandContext, msgid: int, pkt: p.Dump, now: float) -> bytes:
-    return encode_raw_frame(msgid, Cmd.DATA, encode_job_list(c.core.dump()))
+    return encode_raw_frame(msgid, Cmd.DATA, encode_job_list(c.core.iter_jobs()))
 
 
 def load(c: CommandContext, msgid: int, pkt: p.Load, now: float) -> bytes:
