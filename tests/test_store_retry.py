@@ -29,6 +29,7 @@ from trio_periodic.store.base import (
     SetAttempts,
     StoredState,
 )
+from trio_periodic.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from trio_periodic.store.sqlite import SqliteStore
 
 #: The contract suite's fixture: memory, SQLite and PostgreSQL.
@@ -190,7 +191,8 @@ async def test_sqlite_version_1_file_is_upgraded(tmp_path: Path) -> None:
         state = await reopen(Backend("sqlite", lambda: SqliteStore(path), None))
     assert state.policies == {b"f": POLICY} and state.attempts == {(b"f", b"old"): 1}
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (2,)
+    version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert version == (SQLITE_SCHEMA_VERSION,)
     conn.close()
 
 
@@ -218,4 +220,4 @@ async def test_postgres_version_1_database_is_upgraded(pg_database_url: str) -> 
     assert state.failed == [failed(b"f", b"x")]
     with psycopg.connect(pg_database_url) as conn:
         row = conn.execute("SELECT value FROM periodic_meta WHERE key='schema_version'").fetchone()
-    assert row == ("2",)
+    assert row == (str(postgres.SCHEMA_VERSION),)

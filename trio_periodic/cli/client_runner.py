@@ -36,6 +36,7 @@ from trio_periodic.cli.invocation import (
     Submit,
 )
 from trio_periodic.cli.retry_runner import RETRY_ACTIONS
+from trio_periodic.cli.schedule_runner import ACTIONS as SCHEDULE_ACTIONS
 from trio_periodic.client import Client, FuncStatus
 from trio_periodic.protocol import ProtocolError, decode_job_list
 from trio_periodic.protocol.job import Job as WireJob
@@ -273,6 +274,7 @@ ACTIONS: dict[type, Action] = {
     Shutdown: _shutdown,
     Explain: _explain,
     **RETRY_ACTIONS,
+    **SCHEDULE_ACTIONS,
 }
 
 

@@ -38,6 +38,9 @@ __all__ = [
     "RetryGet",
     "RetrySet",
     "RunJob",
+    "ScheduleAdd",
+    "ScheduleList",
+    "ScheduleRemove",
     "Serve",
     "Shutdown",
     "Status",
@@ -80,6 +83,30 @@ class Explain:
     func: str
     name: str
     json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleAdd:
+    func: str
+    name: str
+    cron: str
+    tz: str = "UTC"
+    #: ``-w``: literal data, or ``@FILE`` for a file's contents.
+    workload: str | None = None
+    timeout: int = 0
+    overlap: str = "skip"
+    catch_up: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleList:
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRemove:
+    func: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +287,9 @@ Command = (
     | FailedList
     | FailedRetry
     | FailedPurge
+    | ScheduleAdd
+    | ScheduleList
+    | ScheduleRemove
     | Serve
     | ExecWorker
     | WorkerCmd

@@ -383,6 +383,42 @@ class Client:
         result = await self.extension("failed_purge", **args)
         return list(result["purged"])
 
+    # ------------------------------------------------------------ schedules
+
+    async def schedule_add(
+        self,
+        func: Name,
+        name: Name,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        workload: bytes | str = b"",
+        timeout: int = 0,  # noqa: ASYNC109 - the jobs' field, not a wait
+        overlap: str = "skip",
+        catch_up: str = "none",
+    ) -> dict[str, Any]:
+        """Have the server submit job ``name`` of ``func`` at each tick of
+        ``cron`` (five fields, read in zone ``tz``); replaces a schedule of the
+        same name.  Returns the schedule as ``schedule_list`` shows it."""
+        if isinstance(workload, bytes):
+            workload = workload.decode("utf-8", "surrogateescape")
+        result: dict[str, Any] = await self.extension(
+            "schedule_add", func=_text(func), name=_text(name), cron=cron, tz=tz,
+            workload=workload, timeout=timeout, overlap=overlap, catch_up=catch_up,
+        )  # fmt: skip
+        return result
+
+    async def schedule_list(self, func: Name | None = None) -> list[dict[str, Any]]:
+        """Every schedule (the caller may see), each naming its ``func`` and ``name``."""
+        args = {} if func is None else {"func": _text(func)}
+        result: list[dict[str, Any]] = await self.extension("schedule_list", **args)
+        return result
+
+    async def schedule_remove(self, func: Name, name: Name) -> None:
+        """Remove a schedule (ExtensionError with status 404 when there is none).
+        A job it already submitted stays."""
+        await self.extension("schedule_remove", func=_text(func), name=_text(name))
+
     async def _data(self, packet: Packet, what: str, wait: float | None = None) -> bytes:
         reply = await self.conn.request(packet, wait=wait)
         if isinstance(reply, Data):

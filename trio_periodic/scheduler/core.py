@@ -54,6 +54,7 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import replace
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -65,6 +66,7 @@ from trio_periodic.scheduler.effects import Assign, Effect, Push
 from trio_periodic.scheduler.failed_set import FailedSet
 from trio_periodic.scheduler.lazyheap import LazyHeap
 from trio_periodic.scheduler.record import fields, pack, run_at_of, sched_at_of, unpack
+from trio_periodic.scheduler.schedules import ScheduleBook
 from trio_periodic.scheduler.state import (
     _NO_ASSIGNMENTS,
     ELSEWHERE,
@@ -98,7 +100,11 @@ from trio_periodic.store.base import (
     RemoteDelete,
     RemoteDropFunc,
     RemoteJob,
+    RemoteSchedule,
+    RemoteScheduleDelete,
+    RemoteScheduleSet,
     RetryPolicy,
+    ScheduleRow,
     SetAttempts,
     SetConfig,
     StoredState,
@@ -175,6 +181,14 @@ class Scheduler(FailedSet):
         #: jobs moved to the failed set.
         self.retried: dict[bytes, int] = {}
         self.failed_total: dict[bytes, int] = {}
+        #: Schedules kept by the server (see schedules.py); idle when empty.
+        self.schedules = ScheduleBook()
+        #: True when a shared store decides schedules' ticks (the service then
+        #: sends ``schedules.requests`` through it).
+        self.schedules_remote = False
+        #: The book's handles with queued ticks (the same dict, never replaced):
+        #: a finished job costs one attribute read while it is empty.
+        self._schedule_queued = self.schedules.queued
 
     # ------------------------------------------------------------------ plumbing
 
@@ -215,6 +229,8 @@ class Scheduler(FailedSet):
                 self._hold_elsewhere(self.funcs[func], stored, lease_until)
         self._restore_retry(state.policies, state.attempts, state.failed)
         self.changes.clear()
+        if state.schedules:
+            self.schedules.restore(state.schedules, now)
 
     # ------------------------------------------------------------ connections
 
@@ -691,6 +707,8 @@ class Scheduler(FailedSet):
         """Take a stored job out of every structure (queue, holders, locks)."""
         self._forget(fs, name, fs.jobs[name])
         del fs.jobs[name]
+        if self._schedule_queued:
+            self.schedules.job_gone((fs.name, name))
 
     def _forget(self, fs: FuncState, name: bytes, stored: Stored) -> None:
         if self.job_locks:
@@ -785,6 +803,8 @@ class Scheduler(FailedSet):
                 if fs.timer_at == at:
                     fs.timer_at = _INF
                 self.candidates.add(func)
+        if self.schedules.wake <= now + 0.001:
+            self._run_schedules(now)
         self.dispatch(now)
 
     def next_wakeup(self) -> float:
@@ -799,6 +819,8 @@ class Scheduler(FailedSet):
             t = self.timers[0][0]
         if self.leases and self.leases[0][0] < t:
             t = self.leases[0][0]
+        if self.schedules.wake < t:
+            t = self.schedules.wake
         return t
 
     def _expire_assignment(self, assignment: Assignment, now: float, how: str) -> None:
@@ -926,6 +948,12 @@ class Scheduler(FailedSet):
             elif isinstance(change, RemoteConfig):
                 if change.key in self.config:
                     self.config[change.key] = change.value
+            elif isinstance(change, RemoteSchedule):
+                self.schedules.mirror(change.row, now)
+            elif isinstance(change, RemoteScheduleDelete):
+                self.schedules.remove(change.func, change.name)
+            elif isinstance(change, RemoteScheduleSet):
+                self.schedules.replace_all(change.rows, now)
             else:
                 self._remote_retry(change)
 
@@ -1049,6 +1077,44 @@ class Scheduler(FailedSet):
     def load(self, jobs: Iterable[Job], now: float) -> None:
         for job in jobs:
             self.submit(job, now)
+
+    # ------------------------------------------------------------ schedules
+
+    def _run_schedules(self, now: float) -> None:
+        def submit(job: Job) -> None:
+            self.counters["submitted"] += 1
+            self._put(job, now)
+
+        self.schedules.run(now, self._exists, submit, self.changes, self.schedules_remote)
+
+    def _exists(self, func: bytes, name: bytes) -> bool:
+        return self._lookup(func, name) is not None
+
+    def schedule_put(self, row: ScheduleRow, now: float) -> None:
+        """Add or replace a schedule (validated by ``schedules.make_row``); a
+        replaced one keeps its counters and its queued ticks."""
+        old = self.schedules.entries.get(row.handle)
+        if old is not None:
+            o = old.row
+            row = replace(row, fired=o.fired, skipped=o.skipped, queued=o.queued,
+                          last_fired=o.last_fired)  # fmt: skip
+        self.schedules.put(row, now, self.changes)
+
+    def schedule_remove(self, func: bytes, name: bytes) -> bool:
+        return self.schedules.remove(func, name, self.changes)
+
+    def schedule_applied(
+        self, before: ScheduleRow | None, row: ScheduleRow, job: Job | None, now: float
+    ) -> None:
+        """Cluster mode: the store decided a schedule's event, seeing ``before``
+        (``row`` and ``job`` are stored already)."""
+
+        def submit(job: Job) -> None:
+            self.counters["submitted"] += 1
+            self._put(job, now)
+            self.changes.pop()  # already in the store
+
+        self.schedules.applied(row, job, now, submit, None, before)
 
     def config_get(self, key: str) -> int:
         return self.config.get(key, 0)

@@ -16,6 +16,9 @@ deadline.  A locked job waits for a lock that other jobs hold.  In cluster
 mode a job may be held by another server until its lease runs out.  A job of
 a function with a retry policy that failed before is being retried (attempt
 n of at most m); one past its last attempt is in the failed set.
+
+A job whose name a schedule submits says so (``ScheduleNote``): the
+schedule's expression, zone and next tick.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from trio_periodic.scheduler.record import run_at_of
 from trio_periodic.scheduler.state import ELSEWHERE, LOCKED, RUNNING, ConnState
 from trio_periodic.store.base import FailedJob
 
-__all__ = ["Explanation", "Holder", "LockWait", "explain"]
+__all__ = ["Explanation", "Holder", "LockWait", "ScheduleNote", "explain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,16 @@ class LockWait:
     lock: bytes
     capacity: int
     holders: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleNote:
+    """The schedule that submits this job."""
+
+    cron: str
+    tz: str
+    #: Its next tick (epoch s); None when it has none.
+    next_tick: float | None
 
 
 @dataclass(slots=True)
@@ -81,11 +94,23 @@ class Explanation:
     max_attempts: int = 0
     #: State ``failed``: what the failed set keeps of it.
     failed: FailedJob | None = None
+    #: The schedule that submits the job, if one does.
+    schedule: ScheduleNote | None = None
 
 
 def explain(core: Scheduler, func: bytes, name: bytes, now: float) -> Explanation | None:
     """The state of job ``func/name`` and why it is not running, or None if
     the server has no such job."""
+    out = _explain_job(core, func, name, now)
+    if out is not None and core.schedules.entries:
+        entry = core.schedules.entries.get((func, name))
+        if entry is not None:
+            nxt = entry.next_tick if entry.next_tick != float("inf") else None
+            out.schedule = ScheduleNote(entry.row.cron, entry.row.tz, nxt)
+    return out
+
+
+def _explain_job(core: Scheduler, func: bytes, name: bytes, now: float) -> Explanation | None:
     fs = core.funcs.get(func)
     stored = fs.jobs.get(name) if fs is not None else None
     policy = core.policies.get(func)

@@ -60,6 +60,7 @@ from trio_periodic.store.base import (
     RemoteDelete,
     RemoteDropFunc,
     RemoteJob,
+    ScheduleStore,
     SharedStore,
     Store,
     StoreError,
@@ -113,6 +114,12 @@ class SchedulerService:
             self.cluster = store
         self.shared = self.cluster is not None
         core.shared = self.shared
+        # Cluster mode: the store decides schedules' ticks (one server each).
+        self._schedule_store: ScheduleStore | None = None
+        if self.cluster is not None and isinstance(store, ScheduleStore):
+            self._schedule_store = store
+            core.schedules_remote = True
+        self._fire_wake = trio.Event()
         # Cluster mode: assignments waiting for their claim (see _claimer).
         self._to_claim: list[Assign] = []
         self._claim_wake = trio.Event()
@@ -496,6 +503,8 @@ class SchedulerService:
                 if self.cluster is not None:
                     await nursery.start(partial(self.cluster.watch, self.remote_changes))
                     nursery.start_soon(self._claimer)
+                if self._schedule_store is not None:
+                    nursery.start_soon(self._schedule_firer)
                 nursery.start_soon(self._sample_throughput)
                 task_status.started()
                 await self._wake_loop()
@@ -526,10 +535,32 @@ class SchedulerService:
             next_second = math.floor(self.clock.now()) + 1
             await trio.sleep_until(self.clock.to_trio(next_second) + 0.001)
 
+    async def _schedule_firer(self) -> None:
+        """Cluster mode: send schedules' due events through the store, which
+        decides each with the schedule's row locked; apply the outcome here."""
+        assert self._schedule_store is not None
+        book = self.core.schedules
+        while True:
+            await self._fire_wake.wait()
+            self._fire_wake = trio.Event()
+            while book.requests:
+                requests, book.requests = book.requests, []
+                for r in requests:
+                    try:
+                        out = await self._schedule_store.fire_schedule(r.func, r.name, r.decision)
+                    except StoreError as exc:
+                        log.error("schedule %r/%r: %s", r.func, r.name, exc)
+                        continue
+                    if out is not None:
+                        self.core.schedule_applied(r.before, out[0], out[1], self.clock.now())
+                await self.settle()
+
     async def _wake_loop(self) -> None:
         core = self.core
         while True:
             core.tick(self.clock.now())
+            if core.schedules.requests:
+                self._fire_wake.set()
             await self.settle()
             self._sleeping_until = core.next_wakeup()
             if not core.candidates:

@@ -32,6 +32,9 @@ Routes (paths are percent-decoded; a query string is never part of a name):
 ``POST /api/funcs/<func>/jobs/<name>/run`` make a pending job due now
 ``DELETE /api/funcs/<func>/jobs/<name>``   remove a job
 ``DELETE /api/funcs/<func>``               drop a function that has no worker
+``GET /api/schedules``                     the schedules kept by the server (JSON)
+``PUT /api/schedules/<func>/<name>``       add or replace a schedule (JSON body)
+``DELETE /api/schedules/<func>/<name>``    remove a schedule
 ``GET /dashboard``                         the live dashboard (one page, no assets)
 ``GET /periodic.js``, ``/periodic.d.ts``   the browser / Node client module and its types
 =========================================  ===================================
@@ -91,7 +94,7 @@ PUBLIC_ROUTES = frozenset({b"/periodic.js", b"/periodic.d.ts"})
 #: Methods that change nothing (no cross-origin check).
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 #: What a listed origin may send (answer to a CORS preflight).
-CORS_METHODS = "GET, POST, DELETE"
+CORS_METHODS = "GET, POST, PUT, DELETE"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 #: Seconds a browser may cache a preflight answer.
 CORS_MAX_AGE = "600"
@@ -432,6 +435,8 @@ class HttpApi:
             return await self._api_func(method, parts[2:], query, body, caller)
         if len(parts) >= 2 and parts[0] == b"api" and parts[1] == b"failed":
             return await self._api_failed(method, parts[2:], query, caller)
+        if len(parts) >= 2 and parts[0] == b"api" and parts[1] == b"schedules":
+            return await self._api_schedules(method, parts[2:], body, caller)
         if len(parts) > 1:
             raise HttpError(404, "no such route")
         func = parts[0] if parts else b""
@@ -625,6 +630,8 @@ class HttpApi:
             for func in sorted(totals):
                 if visible is None or func in visible:
                     lines.append(f"{metric}{{func={json.dumps(_text(func))}}} {totals[func]}")
+        if core.schedules.entries:
+            lines += _schedule_metrics(core, visible)
         return Response(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
 
     async def _api_status(self, query: Any, body: bytes, caller: Caller) -> Response:
@@ -782,6 +789,31 @@ class HttpApi:
             return await self._op("failed_purge", args, caller)
         raise HttpError(404, "no such route")
 
+    # ------------------------------------------------------------ schedules
+
+    async def _api_schedules(
+        self, method: bytes, rest: list[bytes], body: bytes, caller: Caller
+    ) -> Response:
+        """``/api/schedules[/<func>/<name>]``: the ``schedule_*`` operations."""
+        if not rest:
+            if method != b"GET":
+                raise HttpError(405, "method not allowed")
+            return await self._op("schedule_list", {}, caller)
+        if len(rest) != 2:
+            raise HttpError(404, "no such route")
+        handle = {"func": _text_arg(rest[0]), "name": _text_arg(rest[1])}
+        if method == b"DELETE":
+            return await self._op("schedule_remove", handle, caller)
+        if method != b"PUT":
+            raise HttpError(405, "method not allowed")
+        try:
+            args = json.loads(body or b"{}")
+        except ValueError:
+            raise HttpError(400, "the body must be a JSON object") from None
+        if not isinstance(args, dict):
+            raise HttpError(400, "the body must be a JSON object")
+        return await self._op("schedule_add", {**args, **handle}, caller)
+
     # ------------------------------------------------------------ assets
 
     async def _asset(
@@ -813,6 +845,24 @@ class HttpApi:
         (b"GET", b"/periodic.js"): _javascript,
         (b"GET", b"/periodic.d.ts"): _typescript,
     }
+
+
+def _schedule_metrics(core: Scheduler, visible: frozenset[bytes] | None) -> list[str]:
+    """Per schedule, the ticks this server fired and skipped (each server
+    counts its own: sum them over a cluster)."""
+    entries = core.schedules.rows(visible)
+    lines: list[str] = []
+    for metric, help_text, attr in (
+        ("periodic_schedule_fires_total", "Jobs this server submitted for the schedule.",
+         "local_fired"),
+        ("periodic_schedule_skipped_total", "Ticks this server skipped (the job was still"
+         " pending or running).", "local_skipped"),
+    ):  # fmt: skip
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+        for e in entries:
+            labels = f"func={json.dumps(_text(e.row.func))},name={json.dumps(_text(e.row.name))}"
+            lines.append(f"{metric}{{{labels}}} {getattr(e, attr)}")
+    return lines
 
 
 class _ResultSink:

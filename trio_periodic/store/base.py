@@ -164,6 +164,47 @@ class DeleteFailed:
     name: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A schedule kept by the server, as stored (see scheduler/schedules.py).
+
+    Times are whole seconds since the epoch; 0 means "never"."""
+
+    func: bytes
+    name: bytes
+    cron: str  # five cron fields
+    tz: str  # IANA zone name
+    workload: bytes = b""
+    timeout: int = 0  # seconds; 0 = the server's default
+    overlap: str = "skip"  # "skip" | "queue"
+    catch_up: str = "none"  # "none" | "last" | "all"
+    #: The latest tick handled (fired, skipped or queued), by any server.
+    last_tick: int = 0
+    #: When the latest job was submitted for this schedule.
+    last_fired: int = 0
+    fired: int = 0
+    skipped: int = 0
+    #: Ticks waiting for the current run to end (overlap queue, catch-up all).
+    queued: int = 0
+
+    @property
+    def handle(self) -> tuple[bytes, bytes]:
+        return (self.func, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class PutSchedule:
+    """Insert or replace a schedule (its definition and its counters)."""
+
+    row: ScheduleRow
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSchedule:
+    func: bytes
+    name: bytes
+
+
 Change = (
     PutJob
     | DeleteJob
@@ -176,6 +217,8 @@ Change = (
     | SetAttempts
     | PutFailed
     | DeleteFailed
+    | PutSchedule
+    | DeleteSchedule
 )
 
 
@@ -241,6 +284,26 @@ class RemoteRetryState:
     failed: list[FailedJob]
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteSchedule:
+    """A schedule's row as it is now (added, changed or fired elsewhere)."""
+
+    row: ScheduleRow
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteScheduleDelete:
+    func: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteScheduleSet:
+    """Every schedule there is (after a reconnect): the others are gone."""
+
+    rows: tuple[ScheduleRow, ...]
+
+
 RemoteChange = (
     RemoteJob
     | RemoteDelete
@@ -250,6 +313,9 @@ RemoteChange = (
     | RemoteAttempts
     | RemoteFailed
     | RemoteRetryState
+    | RemoteSchedule
+    | RemoteScheduleDelete
+    | RemoteScheduleSet
 )
 
 
@@ -268,6 +334,7 @@ class StoredState:
     attempts: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
     #: The failed set.
     failed: list[FailedJob] = field(default_factory=list)
+    schedules: list[ScheduleRow] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -312,4 +379,22 @@ class SharedStore(Store, Protocol):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Report what other servers change, until cancelled."""
+        ...
+
+
+#: Given a schedule's row (locked) and whether its job exists, the new row and
+#: the job to submit (None: none).  Pure; see scheduler/schedules.py.
+ScheduleDecision = Callable[[ScheduleRow, bool], tuple[ScheduleRow, Job | None]]
+
+
+@runtime_checkable
+class ScheduleStore(Protocol):
+    """A shared store that fires schedules: exactly one server per tick."""
+
+    async def fire_schedule(
+        self, func: bytes, name: bytes, decide: ScheduleDecision
+    ) -> tuple[ScheduleRow, Job | None] | None:
+        """In one transaction: lock the schedule's row, see whether its job has
+        a row, apply ``decide`` and write what it changed (the new row, the
+        job).  None when the schedule has no row."""
         ...

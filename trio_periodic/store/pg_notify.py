@@ -13,6 +13,7 @@ inside the transaction, so that listeners hear of it only once it committed
     <server id> p <hex func>                a retry policy was set or cleared
     <server id> a <hex func> <hex name>     a job's attempt count changed
     <server id> x <hex func> <hex name>     a job entered or left the failed set
+    <server id> s <hex func> <hex name>     a schedule row was written or deleted
 
 split over several notifications when it would pass ``MAX_PAYLOAD`` bytes
 (PostgreSQL refuses payloads of 8000 bytes or more).  A notification says
@@ -49,9 +50,11 @@ from trio_periodic.store.base import (
     DeleteFunc,
     DeleteJob,
     DeletePolicy,
+    DeleteSchedule,
     PutFailed,
     PutJob,
     PutPolicy,
+    PutSchedule,
     RemoteAttempts,
     RemoteChange,
     RemoteConfig,
@@ -60,9 +63,13 @@ from trio_periodic.store.base import (
     RemoteFailed,
     RemoteJob,
     RemotePolicy,
+    RemoteSchedule,
+    RemoteScheduleDelete,
+    RemoteScheduleSet,
     SetAttempts,
     SetConfig,
 )
+from trio_periodic.store.group import SCHEDULE_COLUMNS, schedule_row
 
 CHANNEL: Final = "periodic_changes"
 #: Largest payload we send, in bytes (PostgreSQL's limit is 8000).
@@ -98,6 +105,10 @@ _FETCH_JOBS: Final = (
     " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
     " ON j.func = v.func AND j.name = v.name"
 )
+_FETCH_SCHEDULES: Final = (
+    f"SELECT {SCHEDULE_COLUMNS} FROM periodic_schedules"
+    " WHERE (func, name) IN (SELECT * FROM unnest(%s::bytea[], %s::bytea[]))"
+)
 _FETCH_CONFIGS: Final = "SELECT key, value FROM periodic_configs WHERE key = ANY(%s::text[])"
 _FIRST_PAGE: Final = f"SELECT {_ROW_COLUMNS} FROM periodic_jobs j ORDER BY j.func, j.name LIMIT %s"
 _NEXT_PAGE: Final = (
@@ -131,7 +142,15 @@ def change_lines(server_id: str, changes: Iterable[Change]) -> list[str]:
                 lines[f"{server_id} x {failed.job.func.hex()} {failed.job.name.hex()}"] = None
             case DeleteFailed(func=func, name=name):
                 lines[f"{server_id} x {func.hex()} {name.hex()}"] = None
+            case PutSchedule(row=row):
+                lines[f"{server_id} s {row.func.hex()} {row.name.hex()}"] = None
+            case DeleteSchedule(func=func, name=name):
+                lines[f"{server_id} s {func.hex()} {name.hex()}"] = None
     return list(lines)
+
+
+def schedule_lines(server_id: str, handles: Iterable[Handle]) -> list[str]:
+    return [f"{server_id} s {func.hex()} {name.hex()}" for func, name in handles]
 
 
 def claim_lines(server_id: str, handles: Iterable[Handle]) -> list[str]:
@@ -183,6 +202,8 @@ def _key(parts: list[str]) -> Key | None:
     op = parts[1]
     if op in ("j", "d") and len(parts) == 4:
         return ("j", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
+    if op == "s" and len(parts) == 4:
+        return ("s", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
     if op == "f" and len(parts) == 3:
         return ("f", bytes.fromhex(parts[2]))
     if op == "c" and len(parts) == 3:
@@ -295,10 +316,17 @@ class Listener:
         conn = self._connection()
         handles = [(k[1], k[2]) for k in keys if k[0] == "j"]
         config_keys = [k[1] for k in keys if k[0] == "c"]
+        schedule_keys = [(k[1], k[2]) for k in keys if k[0] == "s"]
         rows: dict[Handle, Sequence[Any]] = {}
         configs: dict[str, int] = {}
         retry = _RetryRows()
+        schedules: dict[Handle, Sequence[Any]] = {}
         with conn.cursor(binary=True) as cur:
+            if schedule_keys:
+                cur.execute(
+                    _FETCH_SCHEDULES, ([h[0] for h in schedule_keys], [h[1] for h in schedule_keys])
+                )
+                schedules = {(r[0], r[1]): r for r in cur.fetchall()}
             if handles:
                 cur.execute(_FETCH_JOBS, ([h[0] for h in handles], [h[1] for h in handles]))
                 rows = {(r[0], r[1]): r for r in cur.fetchall()}
@@ -317,6 +345,12 @@ class Listener:
                     out.append(RemoteDelete(key[1], key[2]))
                 elif (job := remote_job(row, self._me, now)) is not None:
                     out.append(job)
+            elif key[0] == "s":
+                srow = schedules.get((key[1], key[2]))
+                if srow is None:
+                    out.append(RemoteScheduleDelete(key[1], key[2]))
+                else:
+                    out.append(RemoteSchedule(schedule_row(srow)))
             elif key[0] == "f":
                 out.append(RemoteDropFunc(key[1]))
             elif key[1] in configs:
@@ -336,6 +370,8 @@ class Listener:
                 cur.execute("SELECT key, value FROM periodic_configs")
                 out += [RemoteConfig(key, value) for key, value in cur.fetchall()]
                 out.append(pg_retry.read_all(cur))
+                cur.execute(f"SELECT {SCHEDULE_COLUMNS} FROM periodic_schedules")
+                out.append(RemoteScheduleSet(tuple(schedule_row(r) for r in cur.fetchall())))
                 cur.execute(_FIRST_PAGE, (RESYNC_PAGE,))
             else:
                 cur.execute(_NEXT_PAGE, (*after, RESYNC_PAGE))

@@ -15,7 +15,8 @@ failing transaction is retried batch by batch so that one bad batch fails only
 its own caller.  ``ExtendLease`` (cluster mode) means nothing to a store that
 is not shared: it is accepted and ignored.
 
-File layout (schema version 2)::
+File layout (schema version 3; version 2 added the retry tables, version 3
+``schedules``)::
 
     meta(key TEXT PRIMARY KEY, value)            -- ('schema_version', 1)
     jobs(func BLOB, name BLOB, sched_at INTEGER, count INTEGER,
@@ -30,6 +31,11 @@ File layout (schema version 2)::
     failed_jobs(func, name, workload, sched_at, count, timeout, attempts,
                 failed_at REAL, how TEXT, peer TEXT, data BLOB,
                 PRIMARY KEY (func, name)) WITHOUT ROWID
+    -- version 3: schedules kept by the server
+    schedules(func BLOB, name BLOB, cron TEXT, tz TEXT, workload BLOB,
+              timeout INTEGER, overlap TEXT, catch_up TEXT, last_tick INTEGER,
+              last_fired INTEGER, fired INTEGER, skipped INTEGER, queued INTEGER,
+              PRIMARY KEY (func, name)) WITHOUT ROWID
 
 Attempt counts live in a table of their own so that the hot statements on
 ``jobs`` (PutJob, DeleteJob) never touch them: the scheduler writes a
@@ -71,19 +77,28 @@ from trio_periodic.store.base import (
     DeleteFunc,
     DeleteJob,
     DeletePolicy,
+    DeleteSchedule,
     ExtendLease,
     FailedJob,
     PutFailed,
     PutFunc,
     PutJob,
     PutPolicy,
+    PutSchedule,
     RetryPolicy,
     SetAttempts,
     SetConfig,
     StoredState,
     StoreError,
 )
-from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.group import (
+    SCHEDULE_COLUMNS,
+    GroupCommitter,
+    change_runs,
+    gc_paused,
+    schedule_row,
+    split_outcomes,
+)
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
@@ -132,8 +147,26 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Schedules kept by the server (scheduler/schedules.py); times in epoch seconds."""
+    conn.execute(
+        "CREATE TABLE schedules ("
+        " func BLOB NOT NULL, name BLOB NOT NULL, cron TEXT NOT NULL, tz TEXT NOT NULL,"
+        " workload BLOB NOT NULL DEFAULT x'', timeout INTEGER NOT NULL DEFAULT 0,"
+        " overlap TEXT NOT NULL DEFAULT 'skip', catch_up TEXT NOT NULL DEFAULT 'none',"
+        " last_tick INTEGER NOT NULL DEFAULT 0, last_fired INTEGER NOT NULL DEFAULT 0,"
+        " fired INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,"
+        " queued INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (func, name)) WITHOUT ROWID"
+    )
+
+
 #: MIGRATIONS[i] upgrades a file at schema version i to version i + 1.
-MIGRATIONS: Final[list[Callable[[sqlite3.Connection], None]]] = [_migrate_to_1, _migrate_to_2]
+MIGRATIONS: Final[list[Callable[[sqlite3.Connection], None]]] = [
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _SQL: Final[dict[type, tuple[str, ...]]] = {
@@ -167,6 +200,11 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
         " attempts, failed_at, how, peer, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ),
     DeleteFailed: ("DELETE FROM failed_jobs WHERE func = ? AND name = ?",),
+    PutSchedule: (
+        f"INSERT OR REPLACE INTO schedules ({SCHEDULE_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ),
+    DeleteSchedule: ("DELETE FROM schedules WHERE func = ? AND name = ?",),
 }
 
 # Column order matches Job's positional fields: func, name, workload, sched_at,
@@ -391,6 +429,8 @@ def _load(conn: sqlite3.Connection) -> StoredState:
             " attempts, failed_at, how, peer, data FROM failed_jobs"
         )
     ]
+    schedules = [schedule_row(r) for r in conn.execute(f"SELECT {SCHEDULE_COLUMNS} FROM schedules")]
     return StoredState(
-        jobs=jobs, funcs=funcs, config=config, policies=policies, attempts=attempts, failed=failed
-    )
+        jobs=jobs, funcs=funcs, config=config, policies=policies, attempts=attempts,
+        failed=failed, schedules=schedules,
+    )  # fmt: skip

@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from trio_periodic.scheduler.explain import Explanation, explain
+from trio_periodic.scheduler.cron import CronError, format_local, zone
+from trio_periodic.scheduler.explain import Explanation, ScheduleNote, explain
 from trio_periodic.server.ops.base import Op, OpContext, OpError, name_arg, text
 
 __all__ = ["OPS", "local_time"]
@@ -76,7 +77,20 @@ def _sentences(ctx: OpContext, ex: Explanation) -> list[str]:
                 f" last failure at {local_time(f.failed_at)}: {f.how}{by}."
                 f" It runs again only after failed retry or a new submit."
             )
+    if ex.schedule is not None:
+        s = ex.schedule
+        nxt = f", next tick at {_schedule_time(s)}" if s.next_tick is not None else ""
+        lines.append(f"Submitted by schedule {s.cron} ({s.tz}){nxt}.")
     return lines
+
+
+def _schedule_time(s: ScheduleNote) -> str:
+    """The schedule's next tick in its own zone, with the offset."""
+    assert s.next_tick is not None
+    try:
+        return format_local(s.next_tick, zone(s.tz))
+    except CronError:
+        return local_time(s.next_tick)
 
 
 def _as_json(ctx: OpContext, ex: Explanation) -> dict[str, Any]:
@@ -119,6 +133,14 @@ def _as_json(ctx: OpContext, ex: Explanation) -> dict[str, Any]:
             "failed_at_local": local_time(ex.failed.failed_at),
             "how": ex.failed.how,
             "worker": ex.failed.peer,
+        },
+        "schedule": None
+        if ex.schedule is None
+        else {
+            "cron": ex.schedule.cron,
+            "tz": ex.schedule.tz,
+            "next_run": ex.schedule.next_tick,
+            "next_run_local": _schedule_time(ex.schedule) if ex.schedule.next_tick else None,
         },
         "text": _sentences(ctx, ex),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trio_periodic.server.ops import explain, retry
+from trio_periodic.server.ops import explain, retry, schedules
 from trio_periodic.server.ops.base import Op, OpContext, OpError
 
 __all__ = ["OPS", "handle_request", "lookup", "run_op"]
@@ -18,7 +18,7 @@ __all__ = ["OPS", "handle_request", "lookup", "run_op"]
 #: Largest JSON request accepted on the binary door (bytes).
 MAX_REQUEST = 64 * 1024
 
-OPS: dict[str, Op] = {**explain.OPS, **retry.OPS}
+OPS: dict[str, Op] = {**explain.OPS, **retry.OPS, **schedules.OPS}
 
 
 def lookup(ctx: OpContext, name: str) -> Op:
