@@ -596,6 +596,17 @@ async def test_dashboard_actions_ask_first_and_follow_the_rules(
                 == "removed old"
             )
 
+            # Why? The server's explanation, in words.
+            await page.click('#jobs tr[data-job="soon"] button[data-action="explain"]')
+            why = await page.wait_for(
+                "(() => { const t = document.querySelector('#message').textContent;"
+                " return t.startsWith('soon') && t; })()",
+                5,
+                "explanation",
+            )
+            assert why.startswith("soon (pending): Not due until ")
+            assert why.endswith("No worker is registered for mail.")
+
             # Run now: the scheduled job becomes due.
             await page.click('#jobs tr[data-job="soon"] button[data-action="run"]')
             await page.wait_for(dialog_open, 5, "confirmation")
