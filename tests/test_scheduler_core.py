@@ -7,7 +7,8 @@ import gc
 import pytest
 
 from trio_periodic.protocol.job import Job
-from trio_periodic.scheduler.core import MISSING_ROW_TRIES, Scheduler
+from trio_periodic.scheduler.cluster import MISSING_ROW_TRIES
+from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.effects import Assign, Push
 from trio_periodic.scheduler.state import ConnState, JobEntry, JobState
 from trio_periodic.store.base import DeleteFunc, DeleteJob, PutFunc, PutJob, SetConfig

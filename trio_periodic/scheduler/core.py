@@ -44,6 +44,11 @@ store changes to ``self.changes``; the service takes both after each batch of
 calls (``take_effects`` / ``take_changes``), makes the changes durable and
 then routes the effects.
 
+What is off a job's way from submit to done lives in mixins of the same
+class, each in its module: locks (``locks.py``), cluster mode (``cluster.py``),
+the failed set's administration (``failed_set.py``); retry backoff and
+schedules' ticks are pure functions of ``retry.py`` and ``schedules.py``.
+
 Differences from the reference server are deliberate and listed in the
 README ("Differences from periodicd"); each is marked *fix:* below.
 """
@@ -61,10 +66,19 @@ from sortedcontainers import SortedList
 
 from trio_periodic.protocol.job import Job
 from trio_periodic.scheduler import retry
+from trio_periodic.scheduler.cluster import ClusterMirror
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
-from trio_periodic.scheduler.effects import Assign, Effect, Push
+from trio_periodic.scheduler.effects import (
+    RESULT_EXPIRED,
+    RESULT_FAILED,
+    RESULT_REMOVED,
+    Assign,
+    Effect,
+    Push,
+)
 from trio_periodic.scheduler.failed_set import FailedSet
 from trio_periodic.scheduler.lazyheap import LazyHeap
+from trio_periodic.scheduler.locks import LockTable
 from trio_periodic.scheduler.record import fields, pack, run_at_of, sched_at_of, unpack
 from trio_periodic.scheduler.schedules import ScheduleBook
 from trio_periodic.scheduler.state import (
@@ -95,14 +109,6 @@ from trio_periodic.store.base import (
     PutFailed,
     PutFunc,
     PutJob,
-    RemoteChange,
-    RemoteConfig,
-    RemoteDelete,
-    RemoteDropFunc,
-    RemoteJob,
-    RemoteSchedule,
-    RemoteScheduleDelete,
-    RemoteScheduleSet,
     RetryPolicy,
     ScheduleRow,
     SetAttempts,
@@ -110,9 +116,6 @@ from trio_periodic.store.base import (
     StoredState,
 )
 
-RESULT_FAILED = b"failed"
-RESULT_REMOVED = b"removed"
-RESULT_EXPIRED = b"expired"
 STREAM_EOF = b"EOF"
 #: Lifetime of a RUN_JOB / RECV_DATA wait when the job has no timeout (seconds).
 DEFAULT_WAIT = 60
@@ -121,8 +124,6 @@ RETRY_DELAY = 1.0
 #: How much longer than the job's timeout a cluster lease lasts (seconds), so
 #: that the holder's own timeout always fires before another server steps in.
 LEASE_GRACE = 5.0
-#: Claims that find no row before a job is taken for deleted (about 10 s in all).
-MISSING_ROW_TRIES = 12
 
 _INF = math.inf
 
@@ -136,7 +137,7 @@ class StatusRow(NamedTuple):
     sched_at: int
 
 
-class Scheduler(FailedSet):
+class Scheduler(FailedSet, ClusterMirror, LockTable):
     def __init__(self) -> None:
         self.config: dict[str, int] = dict(DEFAULTS)
         self.funcs: dict[bytes, FuncState] = {}
@@ -841,204 +842,6 @@ class Scheduler(FailedSet):
             self._delete(self.funcs[handle[0]], handle[1])
             self.changes.append(DeleteJob(*handle))
         self._notify(handle[0], handle[1], RESULT_EXPIRED)
-
-    # -------------------------------------------------------------- cluster
-
-    def due_pending(
-        self, now: float, limit: int, skip: Collection[Handle]
-    ) -> list[tuple[bytes, bytes, int]]:
-        """Cluster mode: up to ``limit`` pending jobs due by ``now``, earliest
-        first per function, of functions with a worker here (not broadcast),
-        except those in ``skip``: (func, name, effective timeout in seconds).
-        The service claims them ahead of the slots that will take them."""
-        out: list[tuple[bytes, bytes, int]] = []
-        for fs in self.funcs.values():
-            if not fs.workers or fs.broadcast:
-                continue
-            default = self.config["timeout"]
-            for record in fs.queue:
-                if run_at_of(record) > now or len(out) >= limit:
-                    break
-                name, _, _, _, timeout = fields(record)
-                if (fs.name, name) not in skip:
-                    out.append((fs.name, name, timeout if timeout > 0 else default))
-            if len(out) >= limit:
-                break
-        return out
-
-    def _hold_elsewhere(self, fs: FuncState, stored: Stored, lease_until: float) -> None:
-        """Another server holds the job until ``lease_until``."""
-        if isinstance(stored, bytes):
-            fs.queue.remove(stored)
-            entry = self._activate(fs, stored, run_at_of(stored), ELSEWHERE)
-        else:
-            entry = stored
-            for assignment in list(entry.assignments):
-                self._drop_assignment(assignment)
-            self._leave_state(entry, fs)
-            entry.state = ELSEWHERE
-        fs.nrunning += 1
-        entry.lease = (lease_until, self._next_seq(), entry)
-        self.leases.add(entry.lease)
-
-    def claim_failed(self, assignment: Assignment, lease_until: float | None, now: float) -> None:
-        """The store refused our claim: another server holds the job (until
-        ``lease_until``) or it has no row (None).  The worker never saw the job;
-        its slot is free again.
-
-        No row usually means not *yet*: the submit that created the job here
-        is still on its way to the store (jobs are dispatched before their
-        commit).  A row another server deleted is reported by its
-        notification, which deletes the job here.  So the claim is retried
-        with a growing pause, and only a job that stays missing (a
-        notification lost while the listener reconnected) is dropped."""
-        entry = assignment.entry
-        conn = assignment.conn
-        self._drop_assignment(assignment)
-        self.add_slot(conn, assignment.msgid)
-        handle = (entry.func, entry.name)
-        if entry.assignments or self._lookup(*handle) is not entry:
-            return
-        fs = self.funcs[entry.func]
-        if lease_until is not None:
-            self._unclaimable.pop(handle, None)
-            self._hold_elsewhere(fs, entry, lease_until)
-            return
-        tries = self._unclaimable.get(handle, 0) + 1
-        if tries > MISSING_ROW_TRIES:
-            del self._unclaimable[handle]
-            self.attempts.pop(handle, None)
-            self._delete(fs, entry.name)
-            self._notify(entry.func, entry.name, RESULT_REMOVED)
-            return
-        self._unclaimable[handle] = tries
-        self._hold_elsewhere(fs, entry, now + min(0.01 * 2**tries, 2.0))
-
-    def remote_apply(self, changes: Iterable[RemoteChange], now: float) -> None:
-        """Mirror what other servers sharing the store did."""
-        for change in changes:
-            if isinstance(change, RemoteJob):
-                job = change.job
-                entry = self._active(job.func, job.name)
-                if entry is not None and entry.state is RUNNING:
-                    continue  # we hold it; our claim stands until we report
-                # Counts change only by RemoteAttempts, never by a job's row.
-                self._put(job, now)
-                self.changes.pop()  # already in the store
-                if change.lease_until is not None and change.lease_until > now:
-                    held = self.funcs[job.func]
-                    self._hold_elsewhere(held, held.jobs[job.name], change.lease_until)
-            elif isinstance(change, RemoteDelete):
-                self.attempts.pop((change.func, change.name), None)
-                if self._lookup(change.func, change.name) is not None:
-                    self._delete(self.funcs[change.func], change.name)
-                # fix over the reference: a waiter here learns the job ended
-                # elsewhere instead of waiting until it expires.
-                self._notify(change.func, change.name, RESULT_REMOVED)
-            elif isinstance(change, RemoteDropFunc):
-                fs = self.funcs.get(change.func)
-                if fs is None:
-                    continue
-                for name in list(fs.jobs):
-                    self._delete(fs, name)
-                    self._notify(change.func, name, RESULT_REMOVED)
-                self._forget_retry_of(change.func)
-                if not fs.workers:
-                    del self.funcs[change.func]
-            elif isinstance(change, RemoteConfig):
-                if change.key in self.config:
-                    self.config[change.key] = change.value
-            elif isinstance(change, RemoteSchedule):
-                self.schedules.mirror(change.row, now)
-            elif isinstance(change, RemoteScheduleDelete):
-                self.schedules.remove(change.func, change.name)
-            elif isinstance(change, RemoteScheduleSet):
-                self.schedules.replace_all(change.rows, now)
-            else:
-                self._remote_retry(change)
-
-    # ---------------------------------------------------------------- locks
-
-    def acquire(self, lock_name: bytes, count: int, func: bytes, name: bytes) -> bool:
-        handle = (func, name)
-        entry = self._active(*handle)
-        if entry is None or entry.state is not RUNNING:
-            return True
-        lock = self.locks.get(lock_name)
-        if lock is None:
-            lock = self.locks[lock_name] = Lock(capacity=count)
-        lock.capacity = max(lock.capacity, count)
-        if handle in lock.holders:
-            return True
-        if handle in lock.waiters:
-            return False
-        held = self.job_locks.get(handle)
-        if held is None:
-            held = self.job_locks[handle] = set()
-        held.add(lock_name)
-        if len(lock.holders) < lock.capacity:
-            lock.holders.add(handle)
-            return True
-        lock.waiters.append(handle)
-        # Park the job.  fix: its holders are dropped now, so no stale deadline
-        # can fire later and run it twice.
-        for assignment in list(entry.assignments):
-            self._drop_assignment(assignment)
-        fs = self.funcs[func]
-        fs.nrunning -= 1
-        fs.nlocked += 1
-        entry.state = LOCKED
-        return False
-
-    def release(self, lock_name: bytes, func: bytes, name: bytes, now: float) -> None:
-        handle = (func, name)
-        lock = self.locks.get(lock_name)
-        if lock is None:
-            return
-        entry = self._active(*handle)
-        held = self.job_locks.get(handle)
-        if held is not None:
-            held.discard(lock_name)
-            if not held:
-                del self.job_locks[handle]
-        if handle in lock.holders:
-            lock.holders.discard(handle)
-            self._promote(lock)
-        elif handle in lock.waiters:
-            lock.waiters.remove(handle)
-            if entry is not None and entry.state is LOCKED:
-                self._requeue(entry, now)
-        if not lock.holders and not lock.waiters:
-            del self.locks[lock_name]
-
-    def _promote(self, lock: Lock) -> None:
-        """Give freed places to waiting jobs, first come first served.  A
-        promoted job keeps its place in time: it was due when it was parked."""
-        while lock.waiters and len(lock.holders) < lock.capacity:
-            handle = lock.waiters.pop(0)
-            entry = self._active(*handle)
-            if entry is None or entry.state is not LOCKED:
-                continue  # gone meanwhile: the place goes to the next one
-            lock.holders.add(handle)
-            self._requeue(entry, entry.run_at)
-
-    def _release_locks(self, handle: Handle) -> None:
-        if not self.job_locks:
-            return
-        held = self.job_locks.pop(handle, None)
-        if held is None:
-            return
-        for lock_name in held:
-            lock = self.locks.get(lock_name)
-            if lock is None:
-                continue
-            if handle in lock.holders:
-                lock.holders.discard(handle)
-                self._promote(lock)
-            elif handle in lock.waiters:
-                lock.waiters.remove(handle)
-            if not lock.holders and not lock.waiters:
-                del self.locks[lock_name]
 
     # ------------------------------------------------------- status & admin
 
