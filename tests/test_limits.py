@@ -18,9 +18,9 @@ from trio_periodic.protocol.connection import ClientConnection
 from trio_periodic.protocol.constants import ClientType
 from trio_periodic.protocol.frames import Registration
 from trio_periodic.protocol.job import Job
-from trio_periodic.server.http import api as http_module
 from trio_periodic.server.app import Server
 from trio_periodic.server.connection import ServerSideConnection
+from trio_periodic.server.http import api as http_module
 from trio_periodic.store.memory import MemoryStore
 
 LIMIT = 64 * 1024
