@@ -33,10 +33,10 @@ pytest.importorskip("psycopg")
 import psycopg
 
 from trio_periodic.store.pg_notify import MAX_PAYLOAD, change_lines, parse, payloads
+from trio_periodic.store.pg_sql import one_statement
 from trio_periodic.store.postgres import (
     SCHEMA_VERSION,
     PostgresStore,
-    _one_statement,
     to_conninfo,
 )
 from trio_periodic.store.uri import redact_uri
@@ -264,14 +264,14 @@ async def test_database_gone_for_good_fails_then_recovers(url: str) -> None:
 
 def test_a_transaction_is_one_statement_only_when_order_cannot_matter() -> None:
     a, b = Job(b"f", b"a"), Job(b"f", b"b")
-    single = _one_statement([PutJob(a), DeleteJob(b"f", b"b"), PutJob(a)], ["n"], False, "me", 0)
+    single = one_statement([PutJob(a), DeleteJob(b"f", b"b"), PutJob(a)], ["n"], False, "me", 0)
     assert single is not None and single[0].startswith("WITH p AS (INSERT")
     assert "pg_notify" in single[0]
     # The same job under two kinds of change: their order matters, so a block.
-    assert _one_statement([PutJob(a), DeleteJob(b"f", b"a")], [], False, "me", 0) is None
-    assert _one_statement([DeleteJob(b"f", b"b"), PutJob(b)], [], False, "me", 0) is None
+    assert one_statement([PutJob(a), DeleteJob(b"f", b"a")], [], False, "me", 0) is None
+    assert one_statement([DeleteJob(b"f", b"b"), PutJob(b)], [], False, "me", 0) is None
     # Rare kinds always go as a block.
-    assert _one_statement([PutFunc(b"f"), PutJob(a)], [], False, "me", 0) is None
+    assert one_statement([PutFunc(b"f"), PutJob(a)], [], False, "me", 0) is None
 
 
 @pytest.mark.postgres

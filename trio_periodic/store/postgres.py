@@ -9,8 +9,10 @@ into one transaction, applied in call order, and each call returns after the
 COMMIT holding its changes returned (``synchronous_commit`` as the server
 has it; PostgreSQL's default fsyncs the WAL).
 
-A transaction is sent in pipeline mode (one round trip), and puts, deletes
-and lease extensions go as one statement per run over arrays (``unnest``).
+A transaction of puts, deletes and lease extensions of distinct jobs is one
+statement in autocommit mode; anything else is a BEGIN ... COMMIT block in
+pipeline mode (one round trip).  Either way the hot kinds go as one statement
+per run over arrays (``unnest``); the SQL lives in ``pg_sql.py``.
 
 A lost connection while committing is retried a few times with exponential
 backoff on a fresh connection from the pool.  When the pool has none to
@@ -100,8 +102,8 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from itertools import groupby, starmap
-from typing import Any, Final, TypeVar
+from itertools import starmap
+from typing import Final, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -111,24 +113,16 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.store import pg_retry
 from trio_periodic.store.base import (
     Change,
-    DeleteFunc,
-    DeleteJob,
-    DeleteSchedule,
-    ExtendLease,
-    PutFunc,
     PutJob,
-    PutSchedule,
     RemoteChange,
     ScheduleDecision,
     ScheduleRow,
-    SetConfig,
     StoredState,
     StoreError,
 )
 from trio_periodic.store.group import (
     SCHEDULE_COLUMNS,
     GroupCommitter,
-    change_row,
     gc_paused,
     schedule_row,
     split_outcomes,
@@ -136,13 +130,28 @@ from trio_periodic.store.group import (
 from trio_periodic.store.pg_known import KnownJobs
 from trio_periodic.store.pg_notify import (
     CHANNEL,
-    DB_NOW,
     Handle,
     Listener,
     change_lines,
     claim_lines,
     payloads,
     schedule_lines,
+)
+from trio_periodic.store.pg_sql import (
+    CLAIM,
+    JOB_EXISTS,
+    LOAD_JOBS,
+    LOAD_LEASES,
+    LOCK_FOR_CLAIM,
+    LOCK_SCHEDULE,
+    NOTIFY_ALL,
+    PUT_SCHEDULED_JOB,
+    UPDATE_SCHEDULE,
+    Conn,
+    one_statement,
+    run_block,
+    run_single,
+    without_moot_extensions,
 )
 from trio_periodic.store.uri import is_keyword_form, redact_uri
 
@@ -154,11 +163,10 @@ class _ConnectionTrouble(StoreError):
     """The database could not be reached for long enough: do not retry per batch."""
 
 
-_Conn = psycopg.Connection[Any]
-_Pool = psycopg_pool.ConnectionPool[_Conn]
+_Pool = psycopg_pool.ConnectionPool[Conn]
 
 
-def _migrate_to_1(conn: _Conn) -> None:
+def _migrate_to_1(conn: Conn) -> None:
     conn.execute("CREATE TABLE periodic_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     conn.execute(
         "CREATE TABLE periodic_jobs ("
@@ -175,7 +183,7 @@ def _migrate_to_1(conn: _Conn) -> None:
     conn.execute("CREATE TABLE periodic_configs (key TEXT PRIMARY KEY, value BIGINT NOT NULL)")
 
 
-def _migrate_to_3(conn: _Conn) -> None:
+def _migrate_to_3(conn: Conn) -> None:
     """Schedules kept by the server; times in epoch seconds."""
     conn.execute(
         "CREATE TABLE periodic_schedules ("
@@ -190,7 +198,7 @@ def _migrate_to_3(conn: _Conn) -> None:
 
 
 #: MIGRATIONS[i] upgrades a database at schema version i to version i + 1.
-MIGRATIONS: Final[list[Callable[[_Conn], None]]] = [
+MIGRATIONS: Final[list[Callable[[Conn], None]]] = [
     _migrate_to_1,
     pg_retry.migrate_to_2,
     _migrate_to_3,
@@ -202,182 +210,8 @@ _TABLES: Final = (
 #: pg_advisory_xact_lock key serialising schema migrations ("periodic" in ASCII).
 _MIGRATION_LOCK: Final = 0x706572696F646963
 
-# Statements for the rare kinds, run with executemany (one row per change).
-_SQL: Final[dict[type, tuple[str, ...]]] = {
-    PutFunc: ("INSERT INTO periodic_funcs (func) VALUES (%s) ON CONFLICT DO NOTHING",),
-    DeleteFunc: (
-        "DELETE FROM periodic_jobs WHERE func = %s",
-        "DELETE FROM periodic_funcs WHERE func = %s",
-        *pg_retry.DELETE_FUNC,
-    ),
-    SetConfig: (
-        "INSERT INTO periodic_configs (key, value) VALUES (%s, %s)"
-        " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-    ),
-    **pg_retry.SQL,
-    PutSchedule: (
-        f"INSERT INTO periodic_schedules ({SCHEDULE_COLUMNS})"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (func, name) DO UPDATE SET"
-        " cron = EXCLUDED.cron, tz = EXCLUDED.tz, workload = EXCLUDED.workload,"
-        " timeout = EXCLUDED.timeout, overlap = EXCLUDED.overlap, catch_up = EXCLUDED.catch_up,"
-        " last_tick = EXCLUDED.last_tick, last_fired = EXCLUDED.last_fired,"
-        " fired = EXCLUDED.fired, skipped = EXCLUDED.skipped, queued = EXCLUDED.queued",
-    ),
-    DeleteSchedule: ("DELETE FROM periodic_schedules WHERE func = %s AND name = %s",),
-}
-
-_LOCK_SCHEDULE: Final = (
-    f"SELECT {SCHEDULE_COLUMNS} FROM periodic_schedules WHERE func = %s AND name = %s FOR UPDATE"
-)
-_JOB_EXISTS: Final = "SELECT 1 FROM periodic_jobs WHERE func = %s AND name = %s"
-_UPDATE_SCHEDULE: Final = (
-    "UPDATE periodic_schedules SET last_tick = %s, last_fired = %s, fired = %s,"
-    " skipped = %s, queued = %s WHERE func = %s AND name = %s"
-)
-# A schedule's job: a plain put (no claim); the row was absent a moment ago.
-_PUT_SCHEDULED_JOB: Final = (
-    "INSERT INTO periodic_jobs (func, name, sched_at, count, timeout, workload)"
-    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (func, name) DO UPDATE SET"
-    " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count, timeout = EXCLUDED.timeout,"
-    " workload = EXCLUDED.workload, claimed_by = NULL, lease_until = NULL"
-)
-
-# The hot kinds as one statement per run of changes, the rows as arrays:
-# one Bind/Execute instead of one per row (CPU on both sides).
-_PUT_JOBS: Final = (
-    "INSERT INTO periodic_jobs AS j"
-    " (func, name, sched_at, count, timeout, workload, claimed_by, lease_until)"
-    f" SELECT v.func, v.name, v.sched_at, v.count, v.timeout, v.workload, v.by, {DB_NOW} + v.secs"
-    " FROM unnest(%s::bytea[], %s::bytea[], %s::int8[], %s::int8[], %s::int8[], %s::bytea[],"
-    " %s::text[], %s::float8[]) AS v(func, name, sched_at, count, timeout, workload, by, secs)"
-    " ON CONFLICT (func, name) DO UPDATE SET"
-    " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count,"
-    " timeout = EXCLUDED.timeout, workload = EXCLUDED.workload,"
-    " claimed_by = EXCLUDED.claimed_by, lease_until = EXCLUDED.lease_until"
-    # never overwrite a live claim of another server
-    " WHERE j.claimed_by IS NULL OR j.claimed_by = %s"
-    f" OR j.lease_until IS NULL OR j.lease_until < {DB_NOW}"
-)
-_DELETE_JOBS: Final = (
-    "DELETE FROM periodic_jobs j USING unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
-    " WHERE j.func = v.func AND j.name = v.name"
-)
-_EXTEND_LEASES: Final = (
-    f"UPDATE periodic_jobs j SET lease_until = {DB_NOW} + v.secs"
-    " FROM unnest(%s::float8[], %s::bytea[], %s::bytea[]) AS v(secs, func, name)"
-    " WHERE j.func = v.func AND j.name = v.name AND j.claimed_by = %s"
-)
-_NOTIFY_ALL: Final = "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) AS n"
-_LOAD_JOBS: Final = "SELECT func, name, workload, sched_at, count, timeout FROM periodic_jobs"
-# Leases come out as seconds left on the database's clock.
-_LOAD_LEASES: Final = (
-    f"SELECT func, name, lease_until - {DB_NOW} FROM periodic_jobs"
-    f" WHERE claimed_by IS NOT NULL AND lease_until > {DB_NOW}"
-)
-# Lock the rows in key order: two servers claiming overlapping sets then wait
-# for each other instead of deadlocking, and the second sees the first's claim.
-_LOCK_FOR_CLAIM: Final = (
-    f"SELECT j.func, j.name, j.claimed_by, j.lease_until - {DB_NOW} FROM periodic_jobs j"
-    " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
-    " ON j.func = v.func AND j.name = v.name"
-    " ORDER BY j.func, j.name FOR UPDATE OF j"
-)
-# v.secs: seconds the lease lasts from now.
-_CLAIM: Final = (
-    f"UPDATE periodic_jobs j SET claimed_by = %s, lease_until = {DB_NOW} + v.secs"
-    " FROM unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, secs)"
-    " WHERE j.func = v.func AND j.name = v.name"
-)
 #: Seconds between attempts to get the LISTEN connection back (doubling up to this).
 _MAX_LISTEN_BACKOFF: Final = 5.0
-
-
-# Of the jobs put with a claim, those the write left claimed by us.
-_PUT_CLAIMED: Final = (
-    "SELECT j.func, j.name FROM periodic_jobs j"
-    " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
-    " ON j.func = v.func AND j.name = v.name WHERE j.claimed_by = %s"
-)
-
-
-def _one_statement(
-    changes: list[Change], notes: list[str], claimed: bool, me: str, now: float
-) -> tuple[str, tuple[Any, ...]] | None:
-    """The whole transaction as one statement, when it can be one: only puts,
-    deletes and lease extensions, and no job touched by two of those kinds
-    (then the order between kinds does not matter, and within a kind the last
-    change of a job wins, as one after the other would leave it).  Each kind
-    becomes a data-modifying CTE (always run to completion); the last SELECT
-    sends the notifications and returns, if puts claimed jobs, the ones this
-    write left claimed by us.  One statement in autocommit mode is its own
-    transaction: one round trip and a fraction of the client CPU of a
-    pipelined BEGIN … COMMIT.  None: use a transaction block."""
-    runs: dict[type, list[Change]] = {}
-    owner: dict[Handle, type] = {}
-    for c in changes:
-        kind = type(c)
-        if kind not in _BATCHED:
-            return None
-        h = (c.job.func, c.job.name) if isinstance(c, PutJob) else (c.func, c.name)  # type: ignore[union-attr]
-        if owner.setdefault(h, kind) is not kind:
-            return None
-        runs.setdefault(kind, []).append(c)
-    ctes: list[str] = []
-    params: list[Any] = []
-    for kind, cte, returning in (
-        (PutJob, "p", " RETURNING j.func, j.name, j.claimed_by"),
-        (DeleteJob, "d", " RETURNING 1"),
-        (ExtendLease, "e", " RETURNING 1"),
-    ):
-        run = runs.get(kind)
-        if run:
-            sql, args = _batched(kind, run, me, now)
-            ctes.append(f"{cte} AS ({sql}{returning})")
-            params += args
-    outputs = []
-    if notes:
-        ctes.append("n AS (SELECT pg_notify(%s, m) IS NULL AS sent FROM unnest(%s::text[]) AS m)")
-        params += [CHANNEL, notes]
-        outputs.append("(SELECT count(sent) FROM n)")
-    if claimed and PutJob in runs:
-        outputs += [
-            "(SELECT array_agg(func) FROM p WHERE claimed_by = %s)",
-            "(SELECT array_agg(name) FROM p WHERE claimed_by = %s)",
-        ]
-        params += [me, me]
-    return f"WITH {', '.join(ctes)} SELECT {', '.join(outputs) or '0'}", tuple(params)
-
-
-def _batched(kind: type, run: list[Change], me: str, now: float) -> tuple[str, tuple[Any, ...]]:
-    """One statement and its array parameters for a run of PutJob, DeleteJob or
-    ExtendLease changes.  A key that occurs twice in a run keeps its last
-    change (one statement may not write a row twice)."""
-    last: dict[Handle, Change] = {}
-    for c in run:
-        h = (c.job.func, c.job.name) if isinstance(c, PutJob) else (c.func, c.name)  # type: ignore[union-attr]
-        last.pop(h, None)
-        last[h] = c
-    handles = list(last)
-    funcs, names = [h[0] for h in handles], [h[1] for h in handles]
-    if kind is PutJob:
-        puts = [c for c in last.values() if isinstance(c, PutJob)]
-        jobs = [c.job for c in puts]
-        return _PUT_JOBS, (
-            funcs, names,
-            [j.sched_at for j in jobs], [j.count for j in jobs], [j.timeout for j in jobs],
-            [j.workload for j in jobs],
-            [None if c.lease is None else me for c in puts],
-            [c.lease for c in puts],
-            me,
-        )  # fmt: skip
-    if kind is DeleteJob:
-        return _DELETE_JOBS, (funcs, names)
-    leases = [c for c in last.values() if isinstance(c, ExtendLease)]
-    return _EXTEND_LEASES, ([c.until - now for c in leases], funcs, names, me)
-
-
-_BATCHED: Final = (PutJob, DeleteJob, ExtendLease)
 
 
 # -- URIs ---------------------------------------------------------------------
@@ -520,28 +354,28 @@ class PostgresStore:
             with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
                 # The lock orders the servers; the job is looked up in a later
                 # statement, so it sees what the previous holder committed.
-                cur.execute(_LOCK_SCHEDULE, (func, name))
+                cur.execute(LOCK_SCHEDULE, (func, name))
                 found = cur.fetchone()
                 if found is None:
                     return None
                 row = schedule_row(found)
-                cur.execute(_JOB_EXISTS, (func, name))
+                cur.execute(JOB_EXISTS, (func, name))
                 exists = cur.fetchone() is not None
                 new, job = decide(row, exists)
                 if new == row:
                     return new, None
                 cur.execute(
-                    _UPDATE_SCHEDULE,
+                    UPDATE_SCHEDULE,
                     (new.last_tick, new.last_fired, new.fired, new.skipped, new.queued, func, name),
                 )
                 lines = schedule_lines(me, [(func, name)])
                 if job is not None:
                     cur.execute(
-                        _PUT_SCHEDULED_JOB,
+                        PUT_SCHEDULED_JOB,
                         (job.func, job.name, job.sched_at, job.count, job.timeout, job.workload),
                     )
                     lines += claim_lines(me, [(func, name)])
-                cur.execute(_NOTIFY_ALL, (CHANNEL, payloads(lines)))
+                cur.execute(NOTIFY_ALL, (CHANNEL, payloads(lines)))
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -695,7 +529,7 @@ class PostgresStore:
         pool: _Pool = psycopg_pool.ConnectionPool(
             self._conninfo,
             # Autocommit: a single statement is its own transaction (see
-            # _one_statement); everything else opens a block with transaction().
+            # one_statement); everything else opens a block with transaction().
             kwargs={"connect_timeout": self._connect_seconds, "autocommit": True},
             min_size=1,
             max_size=self._pool_size,
@@ -713,7 +547,7 @@ class PostgresStore:
             raise StoreError(f"cannot connect to PostgreSQL at {self.uri}: {exc}") from exc
         return pool
 
-    def _migrate(self, conn: _Conn) -> None:
+    def _migrate(self, conn: Conn) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             version = self._schema_version(conn)
@@ -731,7 +565,7 @@ class PostgresStore:
                     (str(SCHEMA_VERSION),),
                 )
 
-    def _schema_version(self, conn: _Conn) -> int:
+    def _schema_version(self, conn: Conn) -> int:
         rows = conn.execute(
             "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
             (list(_TABLES),),
@@ -792,16 +626,16 @@ class PostgresStore:
         if pool is None:
             raise StoreError(f"{self.uri}: store is closed")
         me, now = self.server_id, self._clock()
-        changes = _without_moot_extensions(changes)
+        changes = without_moot_extensions(changes)
         notes = payloads(change_lines(me, changes))
         claimed = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob) and c.lease]
-        single = _one_statement(changes, notes, bool(claimed), me, now)
+        single = one_statement(changes, notes, bool(claimed), me, now)
         try:
             with pool.connection() as conn:
                 if single is not None:
-                    won = _run_single(conn, single, bool(claimed))
+                    won = run_single(conn, single, bool(claimed))
                 else:
-                    won = _run_block(conn, changes, notes, claimed, me, now)
+                    won = run_block(conn, changes, notes, claimed, me, now)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -822,7 +656,7 @@ class PostgresStore:
         won: list[Handle] = []
         try:
             with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
-                cur.execute(_LOCK_FOR_CLAIM, ([h[0] for h in wanted], [h[1] for h in wanted]))
+                cur.execute(LOCK_FOR_CLAIM, ([h[0] for h in wanted], [h[1] for h in wanted]))
                 for func, name, by, left in cur.fetchall():  # left: database seconds
                     if by is None or by == me or left is None or left < 0:
                         won.append((func, name))
@@ -830,9 +664,9 @@ class PostgresStore:
                         held[(func, name)] = now + left
                 if won:
                     lasts = [wanted[h] - now for h in won]
-                    cur.execute(_CLAIM, (me, [h[0] for h in won], [h[1] for h in won], lasts))
+                    cur.execute(CLAIM, (me, [h[0] for h in won], [h[1] for h in won], lasts))
                     notes = payloads(claim_lines(me, won))
-                    cur.execute(_NOTIFY_ALL, (CHANNEL, notes))
+                    cur.execute(NOTIFY_ALL, (CHANNEL, notes))
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -841,67 +675,6 @@ class PostgresStore:
             return {}
         claimed = set(won)
         return {h: held.get(h) for h in wanted if h not in claimed}
-
-
-def _run_single(conn: _Conn, statement: tuple[str, tuple[Any, ...]], claimed: bool) -> set[Handle]:
-    """Run a transaction made one statement (``_one_statement``); the jobs its
-    puts left claimed by us."""
-    with conn.cursor(binary=True) as cur:
-        row = cur.execute(*statement).fetchone()
-    if not claimed or row is None or row[-1] is None:
-        return set()
-    return set(zip(row[-2], row[-1], strict=True))
-
-
-def _run_block(
-    conn: _Conn,
-    changes: list[Change],
-    notes: list[str],
-    claimed: list[Handle],
-    me: str,
-    now: float,
-) -> set[Handle]:
-    """Run a transaction as a BEGIN … COMMIT block in pipeline mode: the
-    statements, the check and COMMIT go out together, one round trip (plus the
-    COMMIT's WAL flush); the check's rows are read once the COMMIT came back.
-    Returns the jobs its puts left claimed by us."""
-    with conn.pipeline(), conn.cursor() as cur:
-        with conn.transaction():
-            for kind, run in groupby(changes, type):
-                if kind in _BATCHED:
-                    cur.execute(*_batched(kind, list(run), me, now))
-                    continue
-                params = [change_row(c) for c in run]
-                for sql in _SQL[kind]:
-                    cur.executemany(sql, params)
-            if notes:  # delivered on COMMIT, never on a rollback
-                cur.execute(_NOTIFY_ALL, (CHANNEL, notes))
-            if claimed:
-                handles = ([h[0] for h in claimed], [h[1] for h in claimed], me)
-                cur.execute(_PUT_CLAIMED, handles)
-        if claimed:
-            return set(cur.fetchall())
-    return set()
-
-
-def _without_moot_extensions(changes: list[Change]) -> list[Change]:
-    """Drop each ExtendLease whose job a later change in the same transaction
-    deletes (a worker's JOB_ASSIGNED and WORK_DONE usually arrive together):
-    one row write less per job."""
-    if not any(isinstance(c, DeleteJob) for c in changes):
-        return changes
-    deleted_later: set[Handle] = set()
-    keep: list[Change] = []
-    for c in reversed(changes):
-        if isinstance(c, DeleteJob):
-            deleted_later.add((c.func, c.name))
-        elif isinstance(c, PutJob):
-            deleted_later.discard((c.job.func, c.job.name))
-        elif isinstance(c, ExtendLease) and (c.func, c.name) in deleted_later:
-            continue
-        keep.append(c)
-    keep.reverse()
-    return keep
 
 
 async def _in_thread(listener: Listener, fn: Callable[[], _T]) -> _T:
@@ -916,14 +689,14 @@ def _worth_splitting(exc: Exception) -> bool:
     return not isinstance(exc, _ConnectionTrouble)
 
 
-def _load(conn: _Conn, now: float) -> StoredState:
+def _load(conn: Conn, now: float) -> StoredState:
     with conn.transaction(), conn.cursor(binary=True) as cur:
         # One snapshot for jobs and leases; nothing is written.
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur.execute(_LOAD_JOBS)
+        cur.execute(LOAD_JOBS)
         with gc_paused():
             jobs = list(starmap(Job, cur.fetchall()))
-        cur.execute(_LOAD_LEASES)
+        cur.execute(LOAD_LEASES)
         leases = {(func, name): now + left for func, name, left in cur.fetchall()}
         cur.execute("SELECT func FROM periodic_funcs")
         funcs = {row[0] for row in cur.fetchall()}
