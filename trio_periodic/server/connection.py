@@ -40,16 +40,16 @@ from dataclasses import dataclass, field
 
 import trio
 
-from trio_periodic.protocol.connection import Registered, Request, ServerConnection
+from trio_periodic.protocol.connection import Registered, ServerConnection
 from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.errors import RemoteProtocolError
 from trio_periodic.protocol.frames import Registration, encode_raw_frame
-from trio_periodic.protocol.packets import Packet
+from trio_periodic.protocol.packets import PACKET_TYPES, Packet
 from trio_periodic.scheduler.effects import Assign, Effect
 from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server.auth import FUNC_CHECKED, AuthFile, Identity, packet_funcs, permits
-from trio_periodic.server.commands import CLIENT_COMMANDS, SERVER_ONLY, CommandTable
+from trio_periodic.server.commands import CLIENT_COMMANDS, SERVER_ONLY, CommandTable, Handler
 from trio_periodic.store.base import Change, StoreError
 from trio_periodic.transport.streams import ConnectionLost, FrameStream
 
@@ -65,6 +65,13 @@ STALL_LIMIT = 300
 FRAME_COST = 64
 #: Frames decoded and handled together (one commit, one write).
 MAX_BATCH = 512
+#: Command codes a worker connection may send when there is no auth file.
+_EVERY_CMD = frozenset(range(256))
+#: ... and a client connection (PROTOCOL.md §13.3; server-only codes are ignored).
+_CLIENT_CMDS = frozenset(CLIENT_COMMANDS | SERVER_ONLY | {Cmd.UNKNOWN})
+
+#: A decoded frame: the registration, or a request ``(msgid, cmd, packet)``.
+Event = Registered | tuple[int, int, Packet]
 
 
 @dataclass(slots=True)
@@ -90,6 +97,13 @@ class ConnectionContext:
     max_outbox: int = MAX_OUTBOX_BYTES
     #: Set by the server on shutdown: connections close once they hold no job.
     draining: bool = False
+    #: ``commands`` by command code (built from it; a dict lookup by int is
+    #: what the hot path can afford).
+    by_cmd: dict[int, Handler] = field(init=False)
+
+    def __post_init__(self) -> None:
+        table = self.commands
+        self.by_cmd = {cmd: table[cls] for cmd, cls in PACKET_TYPES.items() if cls in table}
 
 
 @dataclass(slots=True)
@@ -106,7 +120,9 @@ class ServerSideConnection:
         self.context = context
         self.service = context.service
         self.core = context.service.core
-        self._commands = context.commands
+        self._by_cmd = context.by_cmd
+        #: Command codes that need no role or auth check (set on registration).
+        self._unchecked: frozenset[int] = frozenset()
         self.stream = stream
         self.proto = ServerConnection(max_frame_size=context.max_frame_size)
         self._state: ConnState | None = None
@@ -316,9 +332,9 @@ class ServerSideConnection:
             # outbox stay as bytes in the decoder, not as packet objects.
             error: RemoteProtocolError | None = None
             while True:
-                events: list[Registered | Request] = []
+                events: list[Event] = []
                 try:
-                    while len(events) < MAX_BATCH and (event := proto.next_event()) is not None:
+                    while len(events) < MAX_BATCH and (event := proto.next_request()) is not None:
                         events.append(event)
                 except RemoteProtocolError as exc:
                     error = exc
@@ -361,7 +377,7 @@ class ServerSideConnection:
 
     # ----------------------------------------------------------- batches
 
-    async def _handle(self, events: list[Registered | Request]) -> list[Registered | Request]:
+    async def _handle(self, events: list[Event]) -> list[Event]:
         """Run a batch of requests; return those left for later because the
         outbox filled up (the caller waits for room first)."""
         core = self.core
@@ -373,25 +389,23 @@ class ServerSideConnection:
         replies: list[tuple[int, bytes]] = []
         room = self._max_outbox - self.backlog
         queued = 0
-        rest: list[Registered | Request] = []
+        rest: list[Event] = []
+        by_cmd = self._by_cmd
+        unchecked = self._unchecked
         for i, event in enumerate(events):
             if queued > room:
                 rest = events[i:]
                 break
             if isinstance(event, Registered):
-                if self._state is not None:
-                    raise RemoteProtocolError("second registration frame")
-                reg = event.registration
-                self.registration = reg
-                self._state = core.connect(reg.is_worker, sink=self)
-                self.push_frame(self.proto.accept(self.context.new_conn_id()))
+                self._register(event)
+                unchecked = self._unchecked
                 continue
-            msgid, packet = event.msgid, event.packet
-            if not self._allowed(packet):
+            msgid, cmd, packet = event
+            if cmd not in unchecked and not self._allowed(packet):
                 immediate.append(encode_raw_frame(msgid, Cmd.NO_WORKER))
                 continue
             before = len(core.changes)
-            reply = self._commands[type(packet)](self, msgid, packet, now)
+            reply = by_cmd[cmd](self, msgid, packet, now)
             if reply is not None:
                 queued += len(reply) + FRAME_COST
                 if durable and len(core.changes) != before:
@@ -427,6 +441,18 @@ class ServerSideConnection:
                 self._nursery.start_soon(self._ack_loop)
             await self._acks_send.send(_PendingAcks(changes, replies, effects, size))
         return rest
+
+    def _register(self, event: Registered) -> None:
+        if self._state is not None:
+            raise RemoteProtocolError("second registration frame")
+        reg = event.registration
+        self.registration = reg
+        self._state = self.core.connect(reg.is_worker, sink=self)
+        if self.context.auth is not None:
+            self._unchecked = SERVER_ONLY
+        else:
+            self._unchecked = _EVERY_CMD if reg.is_worker else _CLIENT_CMDS
+        self.push_frame(self.proto.accept(self.context.new_conn_id()))
 
     def _allowed(self, packet: Packet) -> bool:
         """Role and auth checks (PROTOCOL.md §13.3), in the reference's order."""
