@@ -178,10 +178,11 @@ class ServerSideConnection:
                 self._max_outbox,
             )
             self._scope.cancel()
+        # No wake-up of the writer here: every push is followed by a
+        # flush_eagerly, which wakes it only for what the socket did not take.
         self._pushed += 1
         self._out.append(frame)
         self._out_bytes += len(frame) + FRAME_COST
-        self._has_output.set()
 
     @property
     def backlog(self) -> int:
@@ -295,6 +296,8 @@ class ServerSideConnection:
     async def _flushed(self) -> None:
         """Wait until the writer has sent every frame queued so far."""
         target = self._pushed
+        if self._out:
+            self._has_output.set()
         while self._sent < target:
             await self._sent_event.wait()
 
@@ -479,20 +482,25 @@ class ServerSideConnection:
         takes it without blocking: this saves a wake-up of the writer task per
         batch, which is most of the cost of a reply.  Whatever does not fit is
         left to the writer.  Returns True when slots were armed (the caller
-        should dispatch)."""
+        should dispatch).  The writer task is woken only for what is left."""
         if self._sending or not self._out:
+            if self._out or self._arms:
+                self._has_output.set()
             return False
         frames = self._out
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
             written = self.stream.try_send(data)
         except ConnectionLost:
-            return False  # the writer meets the same error and ends the connection
+            # The writer meets the same error and ends the connection.
+            self._has_output.set()
+            return False
         if written < len(data):
             if written:
                 self._out = [data[written:]]
                 self._out_bytes = len(data) - written + FRAME_COST
                 self._count_sent(len(frames) - 1)
+            self._has_output.set()
             return False
         self._out = []
         self._out_bytes = 0
