@@ -23,6 +23,11 @@ the limit for its keepalive is closed.  Frames other connections push here
 (job assignments, streamed DATA) cannot be held back: past twice the limit
 the connection is closed at once.  Either way its jobs are handed back.
 
+A peer silent for ``keepalive`` seconds is closed by ``watch_idle``, one
+task per server that wakes when the earliest connection is due and cancels
+the reader's scope if it still waits for bytes (a cancel scope per read
+would cost more than the rest of a small request).
+
 On a drain (graceful shutdown) a connection that holds no job closes as soon
 as its last batch is acknowledged; one that holds jobs stays until they are
 reported or the server's drain timeout ends.
@@ -100,6 +105,10 @@ class ConnectionContext:
     #: ``commands`` by command code (built from it; a dict lookup by int is
     #: what the hot path can afford).
     by_cmd: dict[int, Handler] = field(init=False)
+    #: When :func:`watch_idle` looks at the connections next (trio time), and
+    #: the event that makes it look sooner.
+    idle_check_at: float = math.inf
+    idle_wake: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         table = self.commands
@@ -149,9 +158,13 @@ class ServerSideConnection:
         self._acked = trio.Event()
         self._ack_started = False
         self._nursery: trio.Nursery
-        #: trio time of the last bytes received, and the scope of the idle wait.
+        #: trio time of the last bytes received (watch_idle closes the
+        #: connection keepalive seconds later).
         self._last_rx = trio.current_time()
-        self._idle: trio.CancelScope | None = None
+        #: The reader's scope, cancelled to stop reading (keepalive, drain),
+        #: and True while the reader waits for bytes (only then is it cancelled).
+        self._read_scope = trio.CancelScope()
+        self._waiting = False
         #: While over the outbox limit: the wait for room, and since when (trio time).
         self._stall: trio.CancelScope | None = None
         self._stalled_since = 0.0
@@ -199,8 +212,15 @@ class ServerSideConnection:
         reader stops after the batch that reports its last one)."""
         if not self.holds_jobs:
             self._closing = True
-            if self._idle is not None:
-                self._idle.cancel()
+            if self._waiting:
+                self._read_scope.cancel()
+
+    def close_if_waiting(self) -> None:
+        """Keepalive: the peer has been silent too long.  Stop reading if the
+        reader waits for bytes; a busy reader checks for itself before its
+        next read (see _read_loop)."""
+        if self._waiting:
+            self._read_scope.cancel()
 
     def arm_after_flush(self, msgid: int) -> None:
         self._batch_arms.append(msgid)
@@ -212,11 +232,12 @@ class ServerSideConnection:
         """CONFIG_SET keepalive: re-time the idle wait of every open connection."""
         for conn in self.context.connections:
             conn._set_idle_deadline()
+        self.context.idle_wake.set()
 
     def _set_idle_deadline(self) -> None:
+        """Re-time the wait for room in the outbox (the idle wait for bytes is
+        timed by watch_idle)."""
         keepalive = self.core.config["keepalive"]
-        if self._idle is not None:
-            self._idle.deadline = self._last_rx + keepalive if keepalive else math.inf
         if self._stall is not None:
             self._stall.deadline = self._stalled_since + (keepalive or STALL_LIMIT)
 
@@ -226,6 +247,9 @@ class ServerSideConnection:
         peer = self.stream.peer
         live = self.context.connections
         live.add(self)
+        keepalive = self.core.config["keepalive"]
+        if keepalive and self._last_rx + keepalive < self.context.idle_check_at:
+            self.context.idle_wake.set()
         # except*: the nursery wraps even its body's exceptions in an
         # ExceptionGroup; a plain except would let one bad frame escape and
         # take the whole server down.
@@ -309,21 +333,39 @@ class ServerSideConnection:
             await self.service.settle()
 
     async def _read_loop(self) -> None:
+        scope = self._read_scope
+        with scope:
+            await self._read_batches()
+        if scope.cancel_called and not self._closing:
+            log.info(
+                "closing %s: silent for %d s (keepalive)",
+                self.stream.peer,
+                self.core.config["keepalive"],
+            )
+
+    async def _read_batches(self) -> None:
+        """Read and handle until the peer is done, silent for keepalive
+        seconds, or the connection closes.
+
+        The reader has one cancel scope for its whole life (a scope per read
+        costs more than the rest of a small request): ``watch_idle`` cancels
+        it only while the reader waits for bytes, and bytes that arrive as it
+        does are dropped, as a close a moment earlier would have."""
         proto = self.proto
+        scope = self._read_scope
+        config = self.core.config
         while True:
-            with trio.CancelScope() as idle:
-                self._idle = idle
-                self._set_idle_deadline()
-                data = await self.stream.receive_some()
-            self._idle = None
-            if self._closing:
+            keepalive = config["keepalive"]
+            if keepalive and trio.current_time() - self._last_rx >= keepalive:
+                # Busy (waiting for room) until after its keepalive ran out.
+                scope.cancel()
                 return
-            if idle.cancelled_caught:
-                log.info(
-                    "closing %s: silent for %d s (keepalive)",
-                    self.stream.peer,
-                    self.core.config["keepalive"],
-                )
+            self._waiting = True
+            try:
+                data = await self.stream.receive_some()
+            finally:
+                self._waiting = False
+            if self._closing or scope.cancel_called:
                 return
             self._last_rx = trio.current_time()
             if not data:
@@ -541,3 +583,37 @@ class ServerSideConnection:
                 self._count_sent(count)
             if self._run_arms(arms):
                 await self.service.settle()
+
+
+async def watch_idle(context: ConnectionContext) -> None:
+    """Close the connections silent for ``keepalive`` seconds (one task per server).
+
+    Each connection notes when it last received bytes; this task sleeps until
+    the earliest moment one of them may have been silent that long, then
+    stops the readers that have been (a CONFIG_SET of keepalive or a new
+    connection wakes it sooner).  Only a reader waiting for bytes is stopped;
+    a busy one checks for itself before it reads again."""
+    while True:
+        check_at = _close_idle(context)
+        context.idle_check_at = check_at
+        context.idle_wake = trio.Event()
+        with trio.move_on_at(check_at):
+            await context.idle_wake.wait()
+
+
+def _close_idle(context: ConnectionContext) -> float:
+    """Stop the readers silent for keepalive; return when to look again.
+
+    (A function of its own so that no connection stays referenced by the
+    watch's frame while it sleeps: a closed connection is freed at once.)"""
+    keepalive = context.service.core.config["keepalive"]
+    now = trio.current_time()
+    check_at = math.inf
+    if keepalive:
+        for conn in list(context.connections):
+            due = conn._last_rx + keepalive
+            if due <= now:
+                conn.close_if_waiting()
+            elif due < check_at:
+                check_at = due
+    return check_at
