@@ -173,7 +173,8 @@ class ServerSideConnection:
         #: True while the writer task is in the middle of a send.
         self._sending = False
         self._sent = 0
-        self._sent_event = trio.Event()
+        #: Set after the next write; made only when someone waits for it.
+        self._sent_event: trio.Event | None = None
 
     @property
     def state(self) -> ConnState:
@@ -323,7 +324,7 @@ class ServerSideConnection:
         if self._out:
             self._has_output.set()
         while self._sent < target:
-            await self._sent_event.wait()
+            await self._next_write()
 
     async def _detach(self) -> None:
         if self._state is None:
@@ -412,7 +413,7 @@ class ServerSideConnection:
             self._stall = stall
             self._set_idle_deadline()
             while self.backlog > self._max_outbox:
-                await self._sent_event.wait()
+                await self._next_write()
         self._stall = None
         if stall.cancelled_caught:
             raise ConnectionLost(
@@ -552,8 +553,16 @@ class ServerSideConnection:
     def _count_sent(self, n: int) -> None:
         if n:
             self._sent += n
-            self._sent_event.set()
+            event = self._sent_event
+            if event is not None:
+                self._sent_event = None
+                event.set()
+
+    async def _next_write(self) -> None:
+        """Wait until the next frames are on the wire."""
+        if self._sent_event is None:
             self._sent_event = trio.Event()
+        await self._sent_event.wait()
 
     def _run_arms(self, arms: list[int]) -> bool:
         """Arm the slots whose GRAB_JOB replies are on the wire."""
