@@ -25,6 +25,7 @@ from bench.proto.beanstalk import BeanstalkAdapter
 from bench.proto.gearman import GearmanAdapter
 from bench.proto.periodic import PeriodicAdapter
 from bench.proto.redis import RedisAdapter
+from bench.secure import Secure
 
 WORKLOAD = b"0123456789abcdef"
 RECV = 1 << 18
@@ -49,6 +50,8 @@ class Target:
     kind: str
     host: str
     port: int
+    #: periodicd's RSA/AES transport (bench/secure.py); None: plain TCP.
+    secure: Secure | None = None
 
 
 @dataclass(slots=True)
@@ -121,7 +124,7 @@ def role_submit(
 ) -> RoleResult:
     """Submit ``n`` jobs with at most ``window`` unanswered (window 1 = one at a time)."""
     adapter = adapter_for(target.kind)
-    sock = connect(target.host, target.port)
+    sock = connect(target.host, target.port, secure=target.secure)
     adapter.client_handshake(sock)
     reqs = [
         adapter.submit(i + 1, JobSpec(func, job_name(prefix, i), WORKLOAD, due)) for i in range(n)
@@ -174,7 +177,7 @@ class _WorkerConns:
         self.poll = select.epoll()
         self.items: dict[int, tuple[socket.socket, Worker, bytearray]] = {}
         for _ in range(conns):
-            sock = connect(target.host, target.port)
+            sock = connect(target.host, target.port, secure=target.secure)
             worker = adapter.worker(func, slots)
             worker.handshake(sock)
             sock.setblocking(False)
@@ -297,7 +300,7 @@ def role_timed(
     protocols with relative due times (beanstalkd)."""
     adapter = adapter_for(target.kind)
     ws = _WorkerConns(target, func, conns, slots)
-    sub = connect(target.host, target.port)
+    sub = connect(target.host, target.port, secure=target.secure)
     adapter.client_handshake(sub)
     sub.setblocking(False)
     sub_fd = sub.fileno()

@@ -20,12 +20,13 @@ from bench.proto.gearman import (
 )
 from bench.proto.gearman import packet as gpacket
 from bench.proto.redis import command
+from bench.secure import Secure
 
 
-def ping(kind: str, port: int, timeout: float = 2.0) -> bool:
+def ping(kind: str, port: int, timeout: float = 2.0, secure: Secure | None = None) -> bool:
     """One application-level round trip that proves the server answers requests."""
     try:
-        with connect(HOST, port, timeout) as sock:
+        with connect(HOST, port, timeout, secure) as sock:
             if kind == "periodic":
                 pp.handshake(sock, pp.TYPE_CLIENT)
                 pp.ping(sock)
@@ -44,12 +45,16 @@ def ping(kind: str, port: int, timeout: float = 2.0) -> bool:
 
 
 def wait_ping(
-    kind: str, port: int, timeout: float, alive: Callable[[], bool] | None = None
+    kind: str,
+    port: int,
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+    secure: Secure | None = None,
 ) -> float:
     """Poll ``ping`` until it succeeds; return the monotonic time it did."""
     end = time.monotonic() + timeout
     while True:
-        if ping(kind, port, timeout=max(0.5, min(5.0, end - time.monotonic()))):
+        if ping(kind, port, max(0.5, min(5.0, end - time.monotonic())), secure):
             return time.monotonic()
         if time.monotonic() > end:
             raise TimeoutError(f"no answer from {kind} on port {port} after {timeout:.0f}s")

@@ -83,7 +83,7 @@ def preflight(
             with _database(spec, dbs, "bench-preflight") as s:
                 server = s.make(workdir / f"preflight-{spec.name}")
                 with running(server, ready_timeout=30.0):
-                    probes.wait_ping(spec.kind, server.port, 15.0, server.alive)
+                    probes.wait_ping(spec.kind, server.port, 15.0, server.alive, spec.secure)
         except Exception as exc:
             tail = server.log_tail(3).replace("\n", " | ") if server else ""
             bad[spec.name] = f"does not start: {exc}" + (f" (log: {tail})" if tail else "")
@@ -112,8 +112,9 @@ def _one(
         assert sc.run is not None
         server: Server = spec.make(workdir)
         with running(server):
-            probes.wait_ping(spec.kind, server.port, 15.0, server.alive)
-            return [sc.run(spec, server, Target(spec.kind, HOST, server.port), p, tag)]
+            probes.wait_ping(spec.kind, server.port, 15.0, server.alive, spec.secure)
+            target = Target(spec.kind, HOST, server.port, spec.secure)
+            return [sc.run(spec, server, target, p, tag)]
 
 
 def _log_tail(unit_dir: Path) -> str:

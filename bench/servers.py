@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import HOST, Server, find_binary, free_port
+from bench.secure import Secure, bench_keys
 
 OURS = ("periodic-memory", "periodic-sqlite", "periodic-pg")
+#: periodicd on the memory store behind the reference's RSA transport, per data mode:
+#: the same loads as periodic-memory, to show what the encryption costs.
+TRANSPORTS = {"periodic-aes": "AES", "periodic-rsa": "RSA"}
 PEERS = ("beanstalkd", "gearmand", "redis")
-ALL_SERVERS = OURS + PEERS
+ALL_SERVERS = OURS + tuple(TRANSPORTS) + PEERS
 GEARMAND_BUCKETS = 100_003
 
 
@@ -38,6 +42,12 @@ class ServerSpec:
         return self.kind == "periodic"
 
     @property
+    def secure(self) -> Secure | None:
+        """How clients connect: the RSA transport's mode and keys, or None (plain)."""
+        mode = TRANSPORTS.get(self.name)
+        return bench_keys().client(mode) if mode else None
+
+    @property
     def durable(self) -> bool:
         return self.name in ("periodic-sqlite", "periodic-pg")
 
@@ -52,10 +62,20 @@ class ServerSpec:
         if self.kind == "periodic":
             store = {
                 "periodic-memory": ":memory:",
+                "periodic-aes": ":memory:",
+                "periodic-rsa": ":memory:",
                 "periodic-sqlite": f"file://{workdir / 'periodic.db'}",
                 "periodic-pg": self.pg_url,
             }[self.name]
             argv = [*self.periodicd, "-H", f"tcp://{HOST}:{port}", "-p", store, "--http", "off"]
+            if self.name in TRANSPORTS:
+                keys = bench_keys()
+                argv += [
+                    "--rsa-private-path",
+                    keys.server_private,
+                    "--rsa-public-path",
+                    keys.client_public_dir,
+                ]
         elif self.name == "beanstalkd":
             argv = [find_binary("beanstalkd") or "beanstalkd", "-l", HOST, "-p", str(port)]
             if persistent:
@@ -106,6 +126,6 @@ def make_specs(names: list[str], periodicd: str | None, pg_url: str | None) -> l
     cmd = tuple(shlex.split(periodicd)) if periodicd else tuple(default_periodicd())
     specs = []
     for name in names:
-        kind = "periodic" if name in OURS else name
+        kind = "periodic" if name in OURS or name in TRANSPORTS else name
         specs.append(ServerSpec(name, kind, cmd if kind == "periodic" else (), pg_url or ""))
     return specs

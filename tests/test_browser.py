@@ -596,6 +596,17 @@ async def test_dashboard_actions_ask_first_and_follow_the_rules(
                 == "removed old"
             )
 
+            # Why? The server's explanation, in words.
+            await page.click('#jobs tr[data-job="soon"] button[data-action="explain"]')
+            why = await page.wait_for(
+                "(() => { const t = document.querySelector('#message').textContent;"
+                " return t.startsWith('soon') && t; })()",
+                5,
+                "explanation",
+            )
+            assert why.startswith("soon (pending): Not due until ")
+            assert why.endswith("No worker is registered for mail.")
+
             # Run now: the scheduled job becomes due.
             await page.click('#jobs tr[data-job="soon"] button[data-action="run"]')
             await page.wait_for(dialog_open, 5, "confirmation")
@@ -643,4 +654,57 @@ async def test_dashboard_actions_ask_first_and_follow_the_rules(
             with pytest.raises(CdpError, match="AUTH"):
                 await anonymous.goto(f"{running.http}/dashboard")
             assert page.errors() == [] and limited.errors() == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_dashboard_lists_schedules_and_removes_one(browser: Browser, tmp_path: Path) -> None:
+    """A schedule added over HTTP shows up with its next run; its remove button
+    asks first, then removes it."""
+    from test_http import http
+
+    rules = tmp_path / "auth.txt"
+    rules.write_text(RULES)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, auth_file=str(rules))
+            port = int(running.http.rsplit(":", 1)[1])
+            page = await browser.new_page(ARTIFACTS)
+            await page.set_headers({"Authorization": ROOT})
+            await page.goto(f"{running.http}/dashboard")
+            await page.wait_for(
+                "document.querySelector('#schedules .empty')?.textContent === 'No schedules.'",
+                10,
+                "the empty schedules table",
+            )
+            body = json.dumps({"cron": "30 2 * * *", "tz": "Europe/Paris", "overlap": "queue"})
+            status, answer = await http(
+                port, "PUT", "/api/schedules/mail/nightly", body.encode(), {"Authorization": ROOT}
+            )
+            assert status == 200, answer
+            want = json.loads(answer)
+            row = await page.wait_for(
+                "(() => { const tr ="
+                " document.querySelector('#schedules tr[data-schedule=nightly]');"
+                " return tr && Object.fromEntries([...tr.querySelectorAll('td[data-col]')]"
+                ".map((td) => [td.dataset.col, td.textContent])); })()",
+                10,
+                "the schedule's row",
+            )
+            assert (row["func"], row["name"], row["cron"], row["tz"]) == (
+                "mail", "nightly", "30 2 * * *", "Europe/Paris",
+            )  # fmt: skip
+            assert row["next"].startswith(want["next_run_local"] + " (in ")
+            assert (row["last"], row["overlap"], row["fired"]) == ("never", "queue", "0")
+            await page.screenshot("dashboard-schedules")
+            await page.click('#schedules tr[data-schedule="nightly"] button')
+            await page.wait_for("document.querySelector('#confirm').open", 5, "confirmation")
+            assert "Remove schedule “nightly” of “mail”?" in await page.evaluate(
+                "document.querySelector('#confirm-text').textContent"
+            )
+            await page.click("#confirm-ok")
+            await eventually(lambda: not running.core.schedules.entries, 5, "schedule removed")
+            await page.wait_for(
+                "!document.querySelector('#schedules tr[data-schedule=nightly]')", 5, "row gone"
+            )
+            assert page.errors() == []
             nursery.cancel_scope.cancel()

@@ -28,6 +28,7 @@ from trio_periodic.protocol import (
     Data,
     DropFunc,
     Dump,
+    Extension,
     FrameReader,
     GrabJob,
     Job,
@@ -126,6 +127,7 @@ PACKET_STRATEGIES: dict[type[Packet], st.SearchStrategy[Any]] = {
     WorkData: st.builds(WorkData, b8, b8, small),
     JobAssigned: st.builds(JobAssigned),
     JobUnassigned: st.builds(JobUnassigned),
+    Extension: st.builds(Extension, st.binary(max_size=64)),
 }
 packets = st.one_of(*PACKET_STRATEGIES.values())
 msgids = st.integers(0, 2**32 - 1)
@@ -164,8 +166,9 @@ def test_packet_table_is_complete() -> None:
     assert set(PACKET_TYPES.values()) == set(PACKET_STRATEGIES)
     for cmd, cls in PACKET_TYPES.items():
         assert cls.cmd is cmd
-    assert [c.value for c in Cmd] == list(range(35))
+    assert [c.value for c in Cmd] == [*range(35), 64]
     assert int(Cmd.JOB_UNASSIGNED) == 34
+    assert int(Cmd.EXTENSION) == 64  # ours; 35-63 and 65+ stay invalid
     assert [t.value for t in ClientType] == [1, 2, 3, 4]
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from trio_periodic.protocol.job import Job
-from trio_periodic.scheduler.core import MISSING_ROW_TRIES, Scheduler
+from trio_periodic.scheduler.cluster import MISSING_ROW_TRIES
+from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.effects import Assign, Push
-from trio_periodic.scheduler.state import ConnState, JobState
+from trio_periodic.scheduler.state import ConnState, JobEntry, JobState
 from trio_periodic.store.base import DeleteFunc, DeleteJob, PutFunc, PutJob, SetConfig
 
 T0 = 1_700_000_000.0
@@ -490,3 +493,20 @@ def test_a_clock_at_or_before_the_epoch_still_orders_and_dispatches() -> None:
 
 def vars_of(job: Job) -> tuple[object, ...]:
     return (job.func, job.name, job.workload, job.sched_at, job.count, job.timeout)
+
+
+def test_iter_jobs_makes_each_pending_entry_only_when_reached() -> None:
+    """DUMP encodes from this generator: a big server never holds an entry per
+    job at once (the entries of pending jobs are made one at a time)."""
+    core = Scheduler()
+    for i in range(50):
+        core.submit(Job(b"iter-f", b"j%d" % i, b"w", 0), 1_000.0)
+    core.submit(Job(b"iter-g", b"x"), 1_000.0)
+    jobs = core.iter_jobs()
+    first = next(jobs)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is JobEntry and o.func.startswith(b"iter-")]
+    assert alive == [first]  # only the one handed out
+    rest = list(jobs)
+    assert sorted(j.name for j in [first, *rest]) == sorted(j.name for j in core.dump())
+    assert len(rest) == 50

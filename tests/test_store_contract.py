@@ -23,9 +23,12 @@ from trio_periodic.store.base import (
     Change,
     DeleteFunc,
     DeleteJob,
+    DeleteSchedule,
     ExtendLease,
     PutFunc,
     PutJob,
+    PutSchedule,
+    ScheduleRow,
     SetConfig,
     Store,
     StoredState,
@@ -318,6 +321,43 @@ async def test_extend_lease_is_accepted_and_changes_no_job(backend: Backend) -> 
     want = StoredState(jobs=[job], funcs={b"f"}, config={"timeout": 3})
     assert same(state, expected(store, want))
     assert state.leases == {}
+
+
+SCHEDULE = ScheduleRow(
+    b"f", b"nightly", "30 2 * * *", "Europe/Paris", b"\x00work", 45, "queue", "all",
+    last_tick=1_700_000_000, last_fired=1_699_999_000, fired=7, skipped=2, queued=1,
+)  # fmt: skip
+
+
+async def test_schedules_come_back_with_every_field(backend: Backend) -> None:
+    other = ScheduleRow(b"\x00g", b"h\xff", "* * * * *", "UTC")
+    changed = ScheduleRow(b"f", b"nightly", "0 * * * *", "UTC", fired=8)
+    with trio.fail_after(TIMEOUT):
+        store = await commit_all(
+            backend,
+            [
+                PutSchedule(SCHEDULE),
+                PutSchedule(other),
+                PutSchedule(ScheduleRow(b"x", b"y", "", "")),
+            ],
+            [DeleteSchedule(b"x", b"y"), DeleteSchedule(b"x", b"never")],
+        )
+        state = await reopen(backend)
+        if store.durable:
+            assert sorted(state.schedules, key=lambda r: r.handle) == [other, SCHEDULE]
+            assert all(type(r.func) is bytes and type(r.fired) is int for r in state.schedules)
+        else:
+            assert state.schedules == []
+        # A put replaces the whole row, counters included; a job of the same
+        # handle and a dropped function leave schedules alone.
+        store = await commit_all(
+            backend,
+            [PutSchedule(changed), PutJob(Job(b"f", b"nightly")), DeleteFunc(b"f")],
+        )
+        state = await reopen(backend)
+    if store.durable:
+        assert sorted(state.schedules, key=lambda r: r.handle) == [other, changed]
+        assert state.jobs == []
 
 
 async def test_commit_after_close_fails_for_durable_stores(backend: Backend) -> None:

@@ -36,6 +36,7 @@ from trio_periodic.store.pg_notify import MAX_PAYLOAD, change_lines, parse, payl
 from trio_periodic.store.postgres import (
     SCHEMA_VERSION,
     PostgresStore,
+    _one_statement,
     to_conninfo,
 )
 from trio_periodic.store.uri import redact_uri
@@ -259,6 +260,45 @@ async def test_database_gone_for_good_fails_then_recovers(url: str) -> None:
                 await trio.sleep(0.2)
         await store.aclose()
         assert await _names(url) == {b"back"}
+
+
+def test_a_transaction_is_one_statement_only_when_order_cannot_matter() -> None:
+    a, b = Job(b"f", b"a"), Job(b"f", b"b")
+    single = _one_statement([PutJob(a), DeleteJob(b"f", b"b"), PutJob(a)], ["n"], False, "me", 0)
+    assert single is not None and single[0].startswith("WITH p AS (INSERT")
+    assert "pg_notify" in single[0]
+    # The same job under two kinds of change: their order matters, so a block.
+    assert _one_statement([PutJob(a), DeleteJob(b"f", b"a")], [], False, "me", 0) is None
+    assert _one_statement([DeleteJob(b"f", b"b"), PutJob(b)], [], False, "me", 0) is None
+    # Rare kinds always go as a block.
+    assert _one_statement([PutFunc(b"f"), PutJob(a)], [], False, "me", 0) is None
+
+
+@pytest.mark.postgres
+async def test_both_transaction_shapes_apply_changes_in_order(url: str) -> None:
+    """One statement (disjoint jobs) and a block (a job touched twice) leave the
+    rows that applying the changes one after the other would."""
+    job = Job(b"f", b"x", b"w1")
+    with trio.fail_after(TIMEOUT):
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            await store.commit([PutJob(Job(b"f", b"keep")), PutJob(job), PutJob(Job(b"f", b"z"))])
+            await store.commit([DeleteJob(b"f", b"z"), PutJob(Job(b"f", b"x", b"w2"))])
+            assert _claim_row(url, b"f", b"x") == (None, None, b"w2")
+            await store.commit([PutJob(Job(b"f", b"y")), DeleteJob(b"f", b"y")])
+            await store.commit([DeleteJob(b"f", b"keep"), PutJob(Job(b"f", b"keep", b"back"))])
+            commits_before = store.commits
+            # A claim on put comes back through the statement's own result.
+            await store.commit([PutJob(Job(b"f", b"claimed"), lease=LEASE), DeleteJob(b"f", b"x")])
+            assert store.commits == commits_before + 1
+            assert b"claimed" not in {n for _, n in store.put_claims_refused}
+        finally:
+            await store.aclose()
+    assert await _names(url) == {b"keep", b"claimed"}
+    assert _claim_row(url, b"f", b"keep") == (None, None, b"back")
+    row = _claim_row(url, b"f", b"claimed")
+    assert row is not None and row[0] is not None
 
 
 # -- cluster mode: claims, leases, notifications ---------------------------------------
@@ -727,3 +767,51 @@ async def test_cancelled_watch_stops_promptly_and_closes_its_connection(url: str
                 await seen.wait_for(RemoteJob(Job(b"f", b"missed"), None))
                 nursery.cancel_scope.cancel()
         assert listeners() == 0
+
+
+# -- retry policies, attempt counts and the failed set across servers ------------
+
+
+@pytest.mark.postgres
+async def test_watch_mirrors_policies_counts_and_failed_jobs(url: str) -> None:
+    from trio_periodic.store.base import (
+        DeleteFailed,
+        DeletePolicy,
+        FailedJob,
+        PutFailed,
+        PutPolicy,
+        RemoteAttempts,
+        RemoteFailed,
+        RemotePolicy,
+        RemoteRetryState,
+        RetryPolicy,
+        SetAttempts,
+    )
+
+    policy = RetryPolicy(3, "exponential", 2.0, 30.0, False)
+    job = Job(b"f", b"n", b"w")
+    gone = FailedJob(job, 3, 1_700_000_000.5, "timeout", "10.0.0.1:4", b"tail")
+    seen = _Seen()
+    with trio.fail_after(TIMEOUT):
+        async with _stores(url) as (a, b):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.watch, seen)
+                await a.commit([PutPolicy(b"f", policy), PutJob(job), SetAttempts(b"f", b"n", 2)])
+                await seen.wait_for(RemotePolicy(b"f", policy), RemoteAttempts(b"f", b"n", 2))
+                # The move to the failed set, as the scheduler writes it.
+                await a.commit([SetAttempts(b"f", b"n", 0), DeleteJob(b"f", b"n"), PutFailed(gone)])
+                await seen.wait_for(
+                    RemoteAttempts(b"f", b"n", 0),
+                    RemoteDelete(b"f", b"n"),
+                    RemoteFailed(b"f", b"n", gone),
+                )
+                await a.commit([DeleteFailed(b"f", b"n"), DeletePolicy(b"f")])
+                await seen.wait_for(RemoteFailed(b"f", b"n", None), RemotePolicy(b"f", None))
+                nursery.cancel_scope.cancel()
+            # Missed while b was not watching; a new watch reads it all again.
+            await a.commit([PutFailed(gone), PutPolicy(b"g", policy)])
+            seen = _Seen()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.watch, seen)
+                await seen.wait_for(RemoteRetryState({b"g": policy}, {}, [gone]))
+                nursery.cancel_scope.cancel()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bench.secure import Secure
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,15 @@ def recv_until(sock: socket.socket, marker: bytes, buf: bytearray) -> bytes:
         buf += chunk
 
 
-def connect(host: str, port: int, timeout: float = 5.0) -> socket.socket:
+def connect(
+    host: str, port: int, timeout: float = 5.0, secure: Secure | None = None
+) -> socket.socket:
+    """A connected socket; with ``secure``, one speaking the RSA/AES transport
+    (same methods, see bench/secure.py)."""
+    if secure is not None:
+        from bench.secure import connect_secure
+
+        return connect_secure(host, port, secure, timeout)  # type: ignore[return-value]
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock

@@ -28,6 +28,7 @@ from trio_periodic.cli.invocation import (
     Drop,
     Dump,
     ExecWorker,
+    Explain,
     Load,
     Ping,
     Recv,
@@ -291,3 +292,23 @@ def ping() -> Ping:
 def shutdown() -> Shutdown:
     """Ask the server to shut down."""
     return Shutdown()
+
+
+@app.command
+def explain(func: str, name: str, /, *, json: bool = False) -> Explain:
+    """Say why job FUNC/NAME has not run (trio_periodic servers only).
+
+    Its state and the reason it waits: not due yet, no worker registered,
+    every worker busy, held by a worker (since when, timeout at), waiting for
+    a lock.  An unknown job exits 1.
+
+    Parameters
+    ----------
+    func
+        Function name.
+    name
+        Job name.
+    json
+        Print the server's answer as one JSON document (times in Unix seconds).
+    """
+    return Explain(func, name, json=json)

@@ -24,6 +24,7 @@ from trio_periodic.cli.invocation import (
     ConfigSet,
     Drop,
     Dump,
+    Explain,
     Globals,
     Load,
     Ping,
@@ -34,6 +35,8 @@ from trio_periodic.cli.invocation import (
     Status,
     Submit,
 )
+from trio_periodic.cli.retry_runner import RETRY_ACTIONS
+from trio_periodic.cli.schedule_runner import ACTIONS as SCHEDULE_ACTIONS
 from trio_periodic.client import Client, FuncStatus
 from trio_periodic.protocol import ProtocolError, decode_job_list
 from trio_periodic.protocol.job import Job as WireJob
@@ -241,6 +244,17 @@ async def _ping(client: Client, cmd: Ping) -> int:
     return 0
 
 
+async def _explain(client: Client, cmd: Explain) -> int:
+    answer = await client.explain(cmd.func, cmd.name)
+    if cmd.json:
+        _out(json.dumps(answer, indent=2))
+        return 0
+    _out(f"{answer['func']}/{answer['name']}: {answer['state']}")
+    for line in answer.get("text", []):
+        _out(f"  {line}")
+    return 0
+
+
 async def _shutdown(client: Client, cmd: Shutdown) -> int:
     await client.shutdown()
     return 0
@@ -258,6 +272,9 @@ ACTIONS: dict[type, Action] = {
     Dump: _dump,
     Ping: _ping,
     Shutdown: _shutdown,
+    Explain: _explain,
+    **RETRY_ACTIONS,
+    **SCHEDULE_ACTIONS,
 }
 
 

@@ -20,7 +20,13 @@ from typing import Annotated
 from cyclopts import CycloptsError, Parameter
 
 # The command modules register their commands on `app` when imported.
-from trio_periodic.cli import client_commands, server_commands, worker_command
+from trio_periodic.cli import (
+    client_commands,
+    retry_commands,
+    schedule_commands,
+    server_commands,
+    worker_command,
+)
 from trio_periodic.cli.app import GLOBAL, PROG, UsageError, app
 from trio_periodic.cli.invocation import (
     Command,
@@ -36,7 +42,13 @@ from trio_periodic.transport.rsa.options import DEFAULT_CLIENT_PUBLIC_PATH, RsaM
 from trio_periodic.transport.tls import TlsOptions
 
 __all__ = ["UsageError", "app", "execute", "main", "parse", "run_cli"]
-_COMMAND_MODULES = (client_commands, server_commands, worker_command)
+_COMMAND_MODULES = (
+    client_commands,
+    schedule_commands,
+    server_commands,
+    worker_command,
+    retry_commands,
+)
 
 # ------------------------------------------------------------------------ global options
 

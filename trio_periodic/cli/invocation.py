@@ -24,13 +24,23 @@ __all__ = [
     "Drop",
     "Dump",
     "ExecWorker",
+    "Explain",
+    "FailedList",
+    "FailedPurge",
+    "FailedRetry",
     "Globals",
     "Invocation",
     "Load",
     "Ping",
     "Recv",
     "Remove",
+    "RetryClear",
+    "RetryGet",
+    "RetrySet",
     "RunJob",
+    "ScheduleAdd",
+    "ScheduleList",
+    "ScheduleRemove",
     "Serve",
     "Shutdown",
     "Status",
@@ -66,6 +76,76 @@ class Globals:
 @dataclass(frozen=True, slots=True)
 class Status:
     json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Explain:
+    func: str
+    name: str
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleAdd:
+    func: str
+    name: str
+    cron: str
+    tz: str = "UTC"
+    #: ``-w``: literal data, or ``@FILE`` for a file's contents.
+    workload: str | None = None
+    timeout: int = 0
+    overlap: str = "skip"
+    catch_up: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleList:
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRemove:
+    func: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySet:
+    func: str
+    max_attempts: int = 0
+    backoff: str = "fixed"
+    base: float = 1.0
+    cap: float = 0.0
+    jitter: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryGet:
+    func: str
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryClear:
+    func: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailedList:
+    func: str | None = None
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRetry:
+    func: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedPurge:
+    func: str
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +280,16 @@ Command = (
     | Load
     | Ping
     | Shutdown
+    | Explain
+    | RetrySet
+    | RetryGet
+    | RetryClear
+    | FailedList
+    | FailedRetry
+    | FailedPurge
+    | ScheduleAdd
+    | ScheduleList
+    | ScheduleRemove
     | Serve
     | ExecWorker
     | WorkerCmd

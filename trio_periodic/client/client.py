@@ -36,6 +36,7 @@ from trio_periodic.client.connection import (
     expect_success,
 )
 from trio_periodic.client.errors import JobFailed, NoWorker, UnexpectedReply
+from trio_periodic.client.extension import call_extension
 from trio_periodic.client.job import decode_name, encode_name, to_bytes
 from trio_periodic.client.transport import default_url
 from trio_periodic.protocol import (
@@ -312,6 +313,111 @@ class Client:
             await self.conn.wait_closed()
             return True
         return False
+
+    # ------------------------------------------------- beyond the reference
+
+    async def extension(self, op: str, **args: Any) -> Any:
+        """Run operation ``op`` (trio_periodic servers only; the reference server
+        closes the connection).  Returns its result; :class:`ExtensionError`
+        when the server refuses it."""
+        return await call_extension(self.conn, op, args)
+
+    async def explain(self, func: Name, name: Name) -> dict[str, Any]:
+        """Why job ``func/name`` has not run: its state, reason codes and one
+        sentence per reason under ``"text"``."""
+        result: dict[str, Any] = await self.extension("explain", func=_text(func), name=_text(name))
+        return result
+
+    # Retry policies and the failed set (trio_periodic servers only).
+
+    async def retry_set(
+        self,
+        func: Name,
+        *,
+        max_attempts: int = 0,
+        backoff: str = "fixed",
+        base: float = 1.0,
+        cap: float = 0.0,
+        jitter: bool = False,
+    ) -> dict[str, Any]:
+        """Give ``func`` a retry policy: at most ``max_attempts`` attempts (0: no
+        limit), ``backoff`` ``fixed`` (``base`` s) or ``exponential`` (``base``·2^(n−1)
+        s after the n-th failure, at most ``cap`` s when not 0), optional jitter."""
+        result: dict[str, Any] = await self.extension(
+            "retry_set", func=_text(func), max_attempts=max_attempts, backoff=backoff,
+            base=base, cap=cap, jitter=jitter,
+        )  # fmt: skip
+        return result
+
+    async def retry_get(self, func: Name) -> dict[str, Any] | None:
+        """``func``'s retry policy (max_attempts, backoff, base, cap, jitter), or
+        None: the reference behaviour (retry 1 s later, forever)."""
+        result = await self.extension("retry_get", func=_text(func))
+        policy: dict[str, Any] | None = result["policy"]
+        return policy
+
+    async def retry_clear(self, func: Name) -> bool:
+        """Remove ``func``'s retry policy; False if it had none."""
+        result = await self.extension("retry_clear", func=_text(func))
+        return bool(result["cleared"])
+
+    async def failed_list(self, func: Name | None = None) -> list[dict[str, Any]]:
+        """The failed set (of ``func``, or every function the caller may see):
+        func, name, attempts, failed_at, how, worker, last_data…"""
+        args = {} if func is None else {"func": _text(func)}
+        result: list[dict[str, Any]] = await self.extension("failed_list", **args)
+        return result
+
+    async def failed_retry(self, func: Name, *names: Name) -> list[str]:
+        """Put failed jobs back in the pending set, due now, attempts reset."""
+        result = await self.extension(
+            "failed_retry", func=_text(func), names=[_text(n) for n in names]
+        )
+        return list(result["retried"])
+
+    async def failed_purge(self, func: Name, *names: Name) -> list[str]:
+        """Delete failed jobs of ``func`` (all of them without ``names``)."""
+        args: dict[str, Any] = {"func": _text(func)}
+        if names:
+            args["names"] = [_text(n) for n in names]
+        result = await self.extension("failed_purge", **args)
+        return list(result["purged"])
+
+    # ------------------------------------------------------------ schedules
+
+    async def schedule_add(
+        self,
+        func: Name,
+        name: Name,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        workload: bytes | str = b"",
+        timeout: int = 0,  # noqa: ASYNC109 - the jobs' field, not a wait
+        overlap: str = "skip",
+        catch_up: str = "none",
+    ) -> dict[str, Any]:
+        """Have the server submit job ``name`` of ``func`` at each tick of
+        ``cron`` (five fields, read in zone ``tz``); replaces a schedule of the
+        same name.  Returns the schedule as ``schedule_list`` shows it."""
+        if isinstance(workload, bytes):
+            workload = workload.decode("utf-8", "surrogateescape")
+        result: dict[str, Any] = await self.extension(
+            "schedule_add", func=_text(func), name=_text(name), cron=cron, tz=tz,
+            workload=workload, timeout=timeout, overlap=overlap, catch_up=catch_up,
+        )  # fmt: skip
+        return result
+
+    async def schedule_list(self, func: Name | None = None) -> list[dict[str, Any]]:
+        """Every schedule (the caller may see), each naming its ``func`` and ``name``."""
+        args = {} if func is None else {"func": _text(func)}
+        result: list[dict[str, Any]] = await self.extension("schedule_list", **args)
+        return result
+
+    async def schedule_remove(self, func: Name, name: Name) -> None:
+        """Remove a schedule (ExtensionError with status 404 when there is none).
+        A job it already submitted stays."""
+        await self.extension("schedule_remove", func=_text(func), name=_text(name))
 
     async def _data(self, packet: Packet, what: str, wait: float | None = None) -> bytes:
         reply = await self.conn.request(packet, wait=wait)

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ConnectError",
     "ConnectionLost",
+    "ExtensionError",
     "JobFailed",
     "NoWorker",
     "PeriodicError",
@@ -42,6 +43,16 @@ class NoWorker(PeriodicError):
     for any other command it is the server's generic rejection (wrong role,
     authentication or authorisation).
     """
+
+
+class ExtensionError(PeriodicError):
+    """The server refused an operation beyond the reference protocol (explain,
+    retry policies, schedules); the message is the server's one-line reason."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        #: HTTP-like: 400 bad arguments, 403 not allowed, 404 no such thing.
+        self.status = status
 
 
 class UnexpectedReply(PeriodicError):

@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 from trio_periodic.client.connection import Connection, expect_success
 from trio_periodic.client.errors import UnexpectedReply
+from trio_periodic.client.extension import call_extension
 from trio_periodic.protocol import (
     Acquire,
     Acquired,
@@ -176,6 +177,15 @@ class Job:
         """Stream ``chunk`` to RECV_DATA subscribers (WORK_DATA)."""
         reply = await self._conn.request(WorkData(self.wire.func, self.wire.name, to_bytes(chunk)))
         expect_success(reply, "WORK_DATA")
+
+    async def heartbeat(self) -> None:
+        """Tell the server the job is still being worked on: its timeout starts
+        over (a full ``timeout`` from now), so a long job needs no huge
+        timeout.  trio_periodic servers only (the reference server closes the
+        connection on it).  Any WORK_DATA (:meth:`data`) does the same on a
+        trio_periodic server; this one reaches no RECV_DATA subscriber, where
+        an empty WORK_DATA would reach them as an empty chunk."""
+        await call_extension(self._conn, "heartbeat", {"func": self.func, "name": self.name})
 
     async def acquire(self, lock: str | bytes, count: int = 1) -> bool:
         """Take a slot of ``lock`` (at most ``count`` holders).

@@ -19,7 +19,12 @@ __all__ = [
 
 
 class Cmd(enum.IntEnum):
-    """One-byte command codes (PROTOCOL.md §8). Codes >= 35 are invalid on the wire."""
+    """One-byte command codes (PROTOCOL.md §8).
+
+    0–34 are the reference's.  64 (EXTENSION) is ours: a JSON request and its
+    JSON answer, for what the reference has no command for (retry policies,
+    schedules, explain); the reference server closes a connection that sends
+    it.  Every other code is invalid on the wire."""
 
     NOOP = 0
     GRAB_JOB = 1
@@ -56,6 +61,7 @@ class Cmd(enum.IntEnum):
     WORK_DATA = 32
     JOB_ASSIGNED = 33
     JOB_UNASSIGNED = 34
+    EXTENSION = 64
 
 
 class ClientType(enum.IntEnum):

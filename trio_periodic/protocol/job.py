@@ -156,9 +156,17 @@ def decode_job(buf: bytes | memoryview, pos: int = 0) -> tuple[Job, int]:
 
 
 def encode_job_list(jobs: Iterable[Job]) -> bytes:
-    """Encode ``i64 n`` followed by ``n`` jobs (LOAD payload, DUMP result)."""
-    parts = [encode_job(job) for job in jobs]
-    return w.I64.pack(len(parts)) + b"".join(parts)
+    """Encode ``i64 n`` followed by ``n`` jobs (LOAD payload, DUMP result).
+
+    ``jobs`` is consumed one at a time into one buffer, so a generator of a
+    million jobs never has them all alive at once (a DUMP of a big server)."""
+    buf = bytearray(8)
+    n = 0
+    for job in jobs:
+        buf += encode_job(job)
+        n += 1
+    w.I64.pack_into(buf, 0, n)
+    return bytes(buf)
 
 
 def decode_job_list_at(buf: bytes | memoryview, pos: int) -> tuple[list[Job], int]:

@@ -286,6 +286,16 @@ class JobUnassigned:
     cmd: ClassVar[Cmd] = Cmd.JOB_UNASSIGNED
 
 
+@dataclass(slots=True)
+class Extension:
+    """Not in the reference: a request or its answer, one JSON document (UTF-8)
+    in the rest of the frame.  The protocol layer carries the bytes; the
+    server's ``ops`` package gives them meaning."""
+
+    cmd: ClassVar[Cmd] = Cmd.EXTENSION
+    body: bytes = b""
+
+
 Packet: TypeAlias = (
     Noop
     | GrabJob
@@ -322,13 +332,14 @@ Packet: TypeAlias = (
     | WorkData
     | JobAssigned
     | JobUnassigned
+    | Extension
 )
 
 _ALL: tuple[type[Packet], ...] = (
     Noop, GrabJob, SchedLater, WorkDone, WorkFail, JobAssign, NoJob, CanDo, CantDo,
     Ping, Pong, Sleep, Unknown, SubmitJob, Status, DropFunc, Success, RemoveJob, Dump,
     Load, Shutdown, Broadcast, ConfigGet, ConfigSet, Config, RunJob, Acquired, Acquire,
-    Release, NoWorker, Data, RecvData, WorkData, JobAssigned, JobUnassigned,
+    Release, NoWorker, Data, RecvData, WorkData, JobAssigned, JobUnassigned, Extension,
 )  # fmt: skip
 
 #: Command code → packet class, for every code the protocol defines.
@@ -407,6 +418,10 @@ def _enc_data(p: Data) -> bytes:
     return bytes(p.data)
 
 
+def _enc_extension(p: Extension) -> bytes:
+    return bytes(p.body)
+
+
 _ENCODERS: dict[type[Packet], _Encoder] = {cls: _enc_empty for cls in _ALL}
 _ENCODERS.update(
     {
@@ -431,6 +446,7 @@ _ENCODERS.update(
         Data: _enc_data,
         RecvData: _enc_job,
         WorkData: _enc_handle_rest,
+        Extension: _enc_extension,
     }
 )
 
@@ -544,6 +560,10 @@ def _dec_release(buf: bytes | memoryview, pos: int) -> tuple[Packet, int]:
     return Release(lock, func, name), pos
 
 
+def _dec_extension(buf: bytes | memoryview, pos: int) -> tuple[Packet, int]:
+    return Extension(bytes(buf[pos:])), len(buf)
+
+
 def _dec_data(buf: bytes | memoryview, pos: int) -> tuple[Packet, int]:
     end = len(buf)
     return Data(bytes(buf[pos:end])), end
@@ -576,6 +596,7 @@ _DECODER_TABLE: dict[Cmd, _Decoder] = {
     Cmd.DATA: _dec_data,
     Cmd.RECV_DATA: _dec_job(RecvData),
     Cmd.WORK_DATA: _dec_handle_rest(WorkData),
+    Cmd.EXTENSION: _dec_extension,
 }
 
 _DECODER_TABLE.update({cls.cmd: _dec_constant(cls()) for cls in _EMPTY})  # type: ignore[call-arg]
@@ -588,8 +609,12 @@ for _cls in _EMPTY:
     EMPTY_PACKETS[_cls.cmd] = _DECODER_TABLE[_cls.cmd](b"", 0)[0]
 
 #: Indexed by command code; a list lookup is the cheapest dispatch available.
+#: Codes between the reference's last one and ours are invalid.
 #: (A KeyError here at import time means a command has no decoder.)
-_DECODERS: list[_Decoder] = [_DECODER_TABLE[cmd] for cmd in Cmd]
+_DECODERS: list[_Decoder | None] = [
+    _DECODER_TABLE[Cmd(code)] if code in Cmd._value2member_map_ else None
+    for code in range(max(Cmd) + 1)
+]
 
 
 def decode_at(cmd: int, buf: bytes | memoryview, pos: int) -> Packet:
@@ -598,10 +623,11 @@ def decode_at(cmd: int, buf: bytes | memoryview, pos: int) -> Packet:
     Internal entry point shared with :func:`frames.decode_body`, which passes
     the whole frame body and ``pos=5`` to avoid slicing the payload out.
     """
-    if not 0 <= cmd < len(_DECODERS):
+    decoder = _DECODERS[cmd] if 0 <= cmd < len(_DECODERS) else None
+    if decoder is None:
         raise RemoteProtocolError(f"unknown command {cmd}")
     try:
-        packet, end = _DECODERS[cmd](buf, pos)
+        packet, end = decoder(buf, pos)
     except w.SHORT:
         raise RemoteProtocolError(
             f"truncated {Cmd(cmd).name} payload ({len(buf) - pos} bytes)"
@@ -615,6 +641,6 @@ def decode_packet(cmd: int, payload: bytes | memoryview) -> Packet:
     """Decode ``payload`` (the bytes after the command byte) as command ``cmd``.
 
     The payload must be consumed exactly. Raises :class:`RemoteProtocolError`
-    for unknown commands (>= 35), short payloads and trailing bytes.
+    for unknown commands (35–63, 65 and up), short payloads and trailing bytes.
     """
     return decode_at(cmd, payload, 0)

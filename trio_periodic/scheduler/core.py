@@ -34,10 +34,20 @@ State:
   became due, a slot or worker appeared).  ``dispatch`` looks only at them,
   so an idle server does no work.
 
+Retry policies, attempt counts and the failed set (``retry.py``) sit beside
+this state: ``policies`` by function, ``attempts`` only for jobs that failed
+(the hot path checks the dict is empty, nothing per job) and ``failed``, the
+jobs past their last attempt, which are in no queue and in no ``fs.jobs``.
+
 Outputs: effects (``Assign``, ``Push``) are appended to ``self.effects`` and
 store changes to ``self.changes``; the service takes both after each batch of
 calls (``take_effects`` / ``take_changes``), makes the changes durable and
 then routes the effects.
+
+What is off a job's way from submit to done lives in mixins of the same
+class, each in its module: locks (``locks.py``), cluster mode (``cluster.py``),
+the failed set's administration (``failed_set.py``); retry backoff and
+schedules' ticks are pure functions of ``retry.py`` and ``schedules.py``.
 
 Differences from the reference server are deliberate and listed in the
 README ("Differences from periodicd"); each is marked *fix:* below.
@@ -47,16 +57,30 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Iterable
+import random
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import replace
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
 from trio_periodic.protocol.job import Job
+from trio_periodic.scheduler import retry
+from trio_periodic.scheduler.cluster import ClusterMirror
 from trio_periodic.scheduler.config import DEFAULTS, U32_MAX
-from trio_periodic.scheduler.effects import Assign, Effect, Push
+from trio_periodic.scheduler.effects import (
+    RESULT_EXPIRED,
+    RESULT_FAILED,
+    RESULT_REMOVED,
+    Assign,
+    Effect,
+    Push,
+)
+from trio_periodic.scheduler.failed_set import FailedSet
 from trio_periodic.scheduler.lazyheap import LazyHeap
+from trio_periodic.scheduler.locks import LockTable
 from trio_periodic.scheduler.record import fields, pack, run_at_of, sched_at_of, unpack
+from trio_periodic.scheduler.schedules import ScheduleBook
 from trio_periodic.scheduler.state import (
     _NO_ASSIGNMENTS,
     ELSEWHERE,
@@ -74,24 +98,24 @@ from trio_periodic.scheduler.state import (
     Waiters,
 )
 from trio_periodic.store.base import (
+    HOW_FAIL,
+    HOW_TIMEOUT,
     Change,
+    DeleteFailed,
     DeleteFunc,
     DeleteJob,
     ExtendLease,
+    FailedJob,
+    PutFailed,
     PutFunc,
     PutJob,
-    RemoteChange,
-    RemoteConfig,
-    RemoteDelete,
-    RemoteDropFunc,
-    RemoteJob,
+    RetryPolicy,
+    ScheduleRow,
+    SetAttempts,
     SetConfig,
     StoredState,
 )
 
-RESULT_FAILED = b"failed"
-RESULT_REMOVED = b"removed"
-RESULT_EXPIRED = b"expired"
 STREAM_EOF = b"EOF"
 #: Lifetime of a RUN_JOB / RECV_DATA wait when the job has no timeout (seconds).
 DEFAULT_WAIT = 60
@@ -100,8 +124,6 @@ RETRY_DELAY = 1.0
 #: How much longer than the job's timeout a cluster lease lasts (seconds), so
 #: that the holder's own timeout always fires before another server steps in.
 LEASE_GRACE = 5.0
-#: Claims that find no row before a job is taken for deleted (about 10 s in all).
-MISSING_ROW_TRIES = 12
 
 _INF = math.inf
 
@@ -115,7 +137,7 @@ class StatusRow(NamedTuple):
     sched_at: int
 
 
-class Scheduler:
+class Scheduler(FailedSet, ClusterMirror, LockTable):
     def __init__(self) -> None:
         self.config: dict[str, int] = dict(DEFAULTS)
         self.funcs: dict[bytes, FuncState] = {}
@@ -144,6 +166,30 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(
             ("submitted", "assigned", "done", "failed", "rescheduled", "expired", "removed"), 0
         )
+        # Retry policies and the failed set (see retry.py).
+        #: Retry policy by function (functions without one keep RETRY_DELAY).
+        self.policies: dict[bytes, RetryPolicy] = {}
+        #: Failures so far of jobs of functions with a policy that failed at
+        #: least once, by handle (sparse: the hot path only checks it is empty).
+        self.attempts: dict[Handle, int] = {}
+        #: The failed set: function → name → FailedJob.
+        self.failed: dict[bytes, dict[bytes, FailedJob]] = {}
+        #: Where jitter comes from (tests seed it).
+        self.random = random.Random()
+        #: Names a worker connection for the failed set (the server sets it).
+        self.describe: Callable[[ConnState], str] = lambda conn: f"connection {conn.conn_id}"
+        #: Totals since start by function, for /metrics: failures retried and
+        #: jobs moved to the failed set.
+        self.retried: dict[bytes, int] = {}
+        self.failed_total: dict[bytes, int] = {}
+        #: Schedules kept by the server (see schedules.py); idle when empty.
+        self.schedules = ScheduleBook()
+        #: True when a shared store decides schedules' ticks (the service then
+        #: sends ``schedules.requests`` through it).
+        self.schedules_remote = False
+        #: The book's handles with queued ticks (the same dict, never replaced):
+        #: a finished job costs one attribute read while it is empty.
+        self._schedule_queued = self.schedules.queued
 
     # ------------------------------------------------------------------ plumbing
 
@@ -182,7 +228,10 @@ class Scheduler:
             stored = self._lookup(func, name)
             if stored is not None and lease_until > now:
                 self._hold_elsewhere(self.funcs[func], stored, lease_until)
+        self._restore_retry(state.policies, state.attempts, state.failed)
         self.changes.clear()
+        if state.schedules:
+            self.schedules.restore(state.schedules, now)
 
     # ------------------------------------------------------------ connections
 
@@ -204,7 +253,7 @@ class Scheduler:
         conn.open.clear()
         for assignment in list(conn.held.values()):
             if assignment.confirmed:
-                self._expire_assignment(assignment, now)
+                self._expire_assignment(assignment, now, retry.HOW_DISCONNECT)
             else:
                 # Never confirmed: the worker may not have seen it; offer it again
                 # at once with no penalty.
@@ -317,6 +366,8 @@ class Scheduler:
         if entry is not None and (entry.state is RUNNING or entry.state is ELSEWHERE):
             return
         self.counters["submitted"] += 1
+        if self.attempts or self.failed:
+            self._fresh_start(job.func, job.name)
         self._put(job, now)
 
     def _put(self, job: Job, now: float) -> None:
@@ -461,9 +512,10 @@ class Scheduler:
         self._finish(self.funcs[func], name, data)
 
     def work_fail(self, conn: ConnState, func: bytes, name: bytes, now: float) -> None:
+        held = conn.held.get((func, name))
         entry = self._reported(conn, (func, name))
         if entry is not None:
-            self._fail(entry, now)
+            self._fail(entry, now, HOW_FAIL, held)
 
     def sched_later(
         self, conn: ConnState, func: bytes, name: bytes, delay: int, step: int, now: float
@@ -484,11 +536,57 @@ class Scheduler:
         self._requeue(entry, run_at, release=False)
         self.changes.append(PutJob(entry.snapshot()))
 
-    def work_data(self, func: bytes, name: bytes, data: bytes) -> None:
+    def work_data(
+        self,
+        func: bytes,
+        name: bytes,
+        data: bytes,
+        sender: ConnState | None = None,
+        now: float | None = None,
+    ) -> None:
+        """WORK_DATA: stream ``data`` to the job's RECV_DATA subscribers.
+
+        From the worker holding the job (``sender``, at ``now``) it also
+        proves the worker alive: the job's deadline moves to a full timeout
+        from now (lease extension), and its tail is kept for the failed set.
+        Empty data too reaches the subscribers, as in the reference (C45):
+        a heartbeat that reaches nobody is ``heartbeat``."""
+        if sender is not None and now is not None:
+            held = sender.held.get((func, name))
+            if held is not None:
+                self._heartbeat(held, data, now)
         waiters = self.waiters.get((func, name))
         if waiters is not None:
             for conn, msgid in waiters.streams:
                 self.effects.append(Push(conn, msgid, data))
+
+    def heartbeat(self, conn: ConnState, func: bytes, name: bytes, now: float) -> bool:
+        """The worker holding the job says it is still at it (the ``heartbeat``
+        operation): its deadline moves a full timeout from now, like WORK_DATA,
+        and nothing reaches the subscribers.  False if ``conn`` does not hold it."""
+        held = conn.held.get((func, name))
+        if held is None:
+            return False
+        self._heartbeat(held, b"", now)
+        return True
+
+    def _heartbeat(self, held: Assignment, data: bytes, now: float) -> None:
+        if data:
+            held.last_data = data[-retry.LAST_DATA :]
+        if not held.confirmed:
+            return  # JOB_ASSIGNED starts the full timeout anyway (and writes the lease)
+        entry = held.entry
+        timeout = entry.timeout if entry.timeout > 0 else self.config["timeout"]
+        # The lease this server wrote for the job: at JOB_ASSIGNED the
+        # deadline plus LEASE_GRACE, afterwards what we wrote here.
+        leased = getattr(held, "leased", held.deadline + LEASE_GRACE)
+        deadline = now + timeout
+        self._set_deadline(held, deadline)
+        if self.shared and deadline + LEASE_GRACE > leased:
+            # A write per half timeout at most, not per WORK_DATA: the lease
+            # runs half a timeout ahead of the deadline.
+            held.leased = deadline + LEASE_GRACE + timeout / 2
+            self.changes.append(ExtendLease(entry.func, entry.name, held.leased))
 
     def _release_sender(self, conn: ConnState, handle: Handle) -> Assignment | None:
         assignment = conn.held.get(handle)
@@ -514,12 +612,19 @@ class Scheduler:
         return entry
 
     def _finish(self, fs: FuncState, name: bytes, result: bytes) -> None:
+        if self.attempts:
+            self._end_attempts(fs.name, name)
         self._delete(fs, name)
         self.changes.append(DeleteJob(fs.name, name))
         self._notify(fs.name, name, result)
 
-    def _fail(self, entry: JobEntry, now: float) -> None:
-        """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly."""
+    def _fail(
+        self, entry: JobEntry, now: float, how: str = HOW_FAIL, held: Assignment | None = None
+    ) -> None:
+        """WORK_FAIL semantics: RUN_JOB gets ``failed``, else retry shortly;
+        with a retry policy, after its backoff or never again (``retry.py``).
+        ``how``: fail, timeout or disconnect; ``held``: the assignment that
+        ended (its worker and last data go to the failed set)."""
         self.counters["failed"] += 1
         handle = (entry.func, entry.name)
         self._release_locks(handle)
@@ -529,9 +634,25 @@ class Scheduler:
             return
         for assignment in list(entry.assignments):
             self._drop_assignment(assignment)
-        run_at = now + RETRY_DELAY
+        policy = self.policies.get(entry.func) if self.policies else None
+        failures = 0
+        wait = RETRY_DELAY
+        if policy is not None and how != retry.HOW_DISCONNECT:
+            failures = self.attempts.get(handle, 0) + 1
+            if policy.max_attempts and failures >= policy.max_attempts:
+                self._to_failed_set(entry, failures, now, how, held)
+                return
+            wait = retry.delay(policy, failures, self.random)
+        elif policy is None and self.attempts and handle in self.attempts:
+            self._end_attempts(*handle)  # the policy was cleared meanwhile
+        self.retried[entry.func] = self.retried.get(entry.func, 0) + 1
+        run_at = now + wait
         entry.sched_at = math.ceil(run_at)
         self._requeue(entry, run_at)
+        if failures:
+            # After the requeue's PutJob: other servers read the count last.
+            self.attempts[handle] = failures
+            self.changes.append(SetAttempts(entry.func, entry.name, failures))
 
     def _notify(self, func: bytes, name: bytes, result: bytes) -> None:
         waiters = self.waiters.pop((func, name), None)
@@ -549,6 +670,8 @@ class Scheduler:
     def remove_job(self, func: bytes, name: bytes) -> None:
         if self._lookup(func, name) is not None:
             self.counters["removed"] += 1
+            if self.attempts:
+                self._end_attempts(func, name)
             self._delete(self.funcs[func], name)
             self.changes.append(DeleteJob(func, name))
         self._notify(func, name, RESULT_REMOVED)
@@ -575,6 +698,7 @@ class Scheduler:
         for name in list(fs.jobs):
             self._delete(fs, name)
             self._notify(func, name, RESULT_REMOVED)
+        self._forget_retry_of(func)  # DeleteFunc deletes them in the store
         del self.funcs[func]
         self.candidates.discard(func)
         self.changes.append(DeleteFunc(func))
@@ -584,6 +708,8 @@ class Scheduler:
         """Take a stored job out of every structure (queue, holders, locks)."""
         self._forget(fs, name, fs.jobs[name])
         del fs.jobs[name]
+        if self._schedule_queued:
+            self.schedules.job_gone((fs.name, name))
 
     def _forget(self, fs: FuncState, name: bytes, stored: Stored) -> None:
         if self.job_locks:
@@ -662,7 +788,7 @@ class Scheduler:
         """Expire what is due at ``now`` and dispatch what became due."""
         deadlines = self.deadlines
         while (top := deadlines.peek()) is not None and top[0] <= now:
-            self._expire_assignment(top[1], now)
+            self._expire_assignment(top[1], now, HOW_TIMEOUT)
         expiry = self.waiter_expiry
         while expiry and expiry[0][0] <= now:
             self._expire_waiters(expiry[0][2])
@@ -678,6 +804,8 @@ class Scheduler:
                 if fs.timer_at == at:
                     fs.timer_at = _INF
                 self.candidates.add(func)
+        if self.schedules.wake <= now + 0.001:
+            self._run_schedules(now)
         self.dispatch(now)
 
     def next_wakeup(self) -> float:
@@ -692,208 +820,28 @@ class Scheduler:
             t = self.timers[0][0]
         if self.leases and self.leases[0][0] < t:
             t = self.leases[0][0]
+        if self.schedules.wake < t:
+            t = self.schedules.wake
         return t
 
-    def _expire_assignment(self, assignment: Assignment, now: float) -> None:
-        """The holder's time ran out (or it vanished): fail its job."""
+    def _expire_assignment(self, assignment: Assignment, now: float, how: str) -> None:
+        """The holder's time ran out (``how``: timeout) or it vanished
+        (disconnect): fail its job."""
         entry = assignment.entry
         self._drop_assignment(assignment)
         if entry.assignments or entry.state is not RUNNING:
             return
-        self._fail(entry, now)
+        self._fail(entry, now, how, assignment)
 
     def _expire_waiters(self, handle: Handle) -> None:
         """A RUN_JOB / RECV_DATA wait ran out: the job is deleted (``expired``)."""
         if self._lookup(*handle) is not None:
             self.counters["expired"] += 1
+            if self.attempts:
+                self._end_attempts(*handle)
             self._delete(self.funcs[handle[0]], handle[1])
             self.changes.append(DeleteJob(*handle))
         self._notify(handle[0], handle[1], RESULT_EXPIRED)
-
-    # -------------------------------------------------------------- cluster
-
-    def due_pending(
-        self, now: float, limit: int, skip: Collection[Handle]
-    ) -> list[tuple[bytes, bytes, int]]:
-        """Cluster mode: up to ``limit`` pending jobs due by ``now``, earliest
-        first per function, of functions with a worker here (not broadcast),
-        except those in ``skip``: (func, name, effective timeout in seconds).
-        The service claims them ahead of the slots that will take them."""
-        out: list[tuple[bytes, bytes, int]] = []
-        for fs in self.funcs.values():
-            if not fs.workers or fs.broadcast:
-                continue
-            default = self.config["timeout"]
-            for record in fs.queue:
-                if run_at_of(record) > now or len(out) >= limit:
-                    break
-                name, _, _, _, timeout = fields(record)
-                if (fs.name, name) not in skip:
-                    out.append((fs.name, name, timeout if timeout > 0 else default))
-            if len(out) >= limit:
-                break
-        return out
-
-    def _hold_elsewhere(self, fs: FuncState, stored: Stored, lease_until: float) -> None:
-        """Another server holds the job until ``lease_until``."""
-        if isinstance(stored, bytes):
-            fs.queue.remove(stored)
-            entry = self._activate(fs, stored, run_at_of(stored), ELSEWHERE)
-        else:
-            entry = stored
-            for assignment in list(entry.assignments):
-                self._drop_assignment(assignment)
-            self._leave_state(entry, fs)
-            entry.state = ELSEWHERE
-        fs.nrunning += 1
-        entry.lease = (lease_until, self._next_seq(), entry)
-        self.leases.add(entry.lease)
-
-    def claim_failed(self, assignment: Assignment, lease_until: float | None, now: float) -> None:
-        """The store refused our claim: another server holds the job (until
-        ``lease_until``) or it has no row (None).  The worker never saw the job;
-        its slot is free again.
-
-        No row usually means not *yet*: the submit that created the job here
-        is still on its way to the store (jobs are dispatched before their
-        commit).  A row another server deleted is reported by its
-        notification, which deletes the job here.  So the claim is retried
-        with a growing pause, and only a job that stays missing (a
-        notification lost while the listener reconnected) is dropped."""
-        entry = assignment.entry
-        conn = assignment.conn
-        self._drop_assignment(assignment)
-        self.add_slot(conn, assignment.msgid)
-        handle = (entry.func, entry.name)
-        if entry.assignments or self._lookup(*handle) is not entry:
-            return
-        fs = self.funcs[entry.func]
-        if lease_until is not None:
-            self._unclaimable.pop(handle, None)
-            self._hold_elsewhere(fs, entry, lease_until)
-            return
-        tries = self._unclaimable.get(handle, 0) + 1
-        if tries > MISSING_ROW_TRIES:
-            del self._unclaimable[handle]
-            self._delete(fs, entry.name)
-            self._notify(entry.func, entry.name, RESULT_REMOVED)
-            return
-        self._unclaimable[handle] = tries
-        self._hold_elsewhere(fs, entry, now + min(0.01 * 2**tries, 2.0))
-
-    def remote_apply(self, changes: Iterable[RemoteChange], now: float) -> None:
-        """Mirror what other servers sharing the store did."""
-        for change in changes:
-            if isinstance(change, RemoteJob):
-                job = change.job
-                entry = self._active(job.func, job.name)
-                if entry is not None and entry.state is RUNNING:
-                    continue  # we hold it; our claim stands until we report
-                self._put(job, now)
-                self.changes.pop()  # already in the store
-                if change.lease_until is not None and change.lease_until > now:
-                    held = self.funcs[job.func]
-                    self._hold_elsewhere(held, held.jobs[job.name], change.lease_until)
-            elif isinstance(change, RemoteDelete):
-                if self._lookup(change.func, change.name) is not None:
-                    self._delete(self.funcs[change.func], change.name)
-                # fix over the reference: a waiter here learns the job ended
-                # elsewhere instead of waiting until it expires.
-                self._notify(change.func, change.name, RESULT_REMOVED)
-            elif isinstance(change, RemoteDropFunc):
-                fs = self.funcs.get(change.func)
-                if fs is None:
-                    continue
-                for name in list(fs.jobs):
-                    self._delete(fs, name)
-                    self._notify(change.func, name, RESULT_REMOVED)
-                if not fs.workers:
-                    del self.funcs[change.func]
-            elif isinstance(change, RemoteConfig) and change.key in self.config:
-                self.config[change.key] = change.value
-
-    # ---------------------------------------------------------------- locks
-
-    def acquire(self, lock_name: bytes, count: int, func: bytes, name: bytes) -> bool:
-        handle = (func, name)
-        entry = self._active(*handle)
-        if entry is None or entry.state is not RUNNING:
-            return True
-        lock = self.locks.get(lock_name)
-        if lock is None:
-            lock = self.locks[lock_name] = Lock(capacity=count)
-        lock.capacity = max(lock.capacity, count)
-        if handle in lock.holders:
-            return True
-        if handle in lock.waiters:
-            return False
-        held = self.job_locks.get(handle)
-        if held is None:
-            held = self.job_locks[handle] = set()
-        held.add(lock_name)
-        if len(lock.holders) < lock.capacity:
-            lock.holders.add(handle)
-            return True
-        lock.waiters.append(handle)
-        # Park the job.  fix: its holders are dropped now, so no stale deadline
-        # can fire later and run it twice.
-        for assignment in list(entry.assignments):
-            self._drop_assignment(assignment)
-        fs = self.funcs[func]
-        fs.nrunning -= 1
-        fs.nlocked += 1
-        entry.state = LOCKED
-        return False
-
-    def release(self, lock_name: bytes, func: bytes, name: bytes, now: float) -> None:
-        handle = (func, name)
-        lock = self.locks.get(lock_name)
-        if lock is None:
-            return
-        entry = self._active(*handle)
-        held = self.job_locks.get(handle)
-        if held is not None:
-            held.discard(lock_name)
-            if not held:
-                del self.job_locks[handle]
-        if handle in lock.holders:
-            lock.holders.discard(handle)
-            self._promote(lock)
-        elif handle in lock.waiters:
-            lock.waiters.remove(handle)
-            if entry is not None and entry.state is LOCKED:
-                self._requeue(entry, now)
-        if not lock.holders and not lock.waiters:
-            del self.locks[lock_name]
-
-    def _promote(self, lock: Lock) -> None:
-        """Give freed places to waiting jobs, first come first served.  A
-        promoted job keeps its place in time: it was due when it was parked."""
-        while lock.waiters and len(lock.holders) < lock.capacity:
-            handle = lock.waiters.pop(0)
-            entry = self._active(*handle)
-            if entry is None or entry.state is not LOCKED:
-                continue  # gone meanwhile: the place goes to the next one
-            lock.holders.add(handle)
-            self._requeue(entry, entry.run_at)
-
-    def _release_locks(self, handle: Handle) -> None:
-        if not self.job_locks:
-            return
-        held = self.job_locks.pop(handle, None)
-        if held is None:
-            return
-        for lock_name in held:
-            lock = self.locks.get(lock_name)
-            if lock is None:
-                continue
-            if handle in lock.holders:
-                lock.holders.discard(handle)
-                self._promote(lock)
-            elif handle in lock.waiters:
-                lock.waiters.remove(handle)
-            if not lock.holders and not lock.waiters:
-                del self.locks[lock_name]
 
     # ------------------------------------------------------- status & admin
 
@@ -918,15 +866,58 @@ class Scheduler:
 
     def dump(self) -> list[JobEntry]:
         """Every stored job (pending ones as detached copies)."""
-        return [
-            self._unpacked(fs, stored) if isinstance(stored, bytes) else stored
-            for fs in self.funcs.values()
-            for stored in fs.jobs.values()
-        ]
+        return list(self.iter_jobs())
+
+    def iter_jobs(self) -> Iterator[JobEntry]:
+        """Every stored job, one at a time (pending ones as detached copies made
+        as they are reached): a DUMP of a million jobs never holds a million
+        entries.  The caller must not change the scheduler while iterating."""
+        unpacked = self._unpacked
+        for fs in self.funcs.values():
+            for stored in fs.jobs.values():
+                yield unpacked(fs, stored) if isinstance(stored, bytes) else stored
 
     def load(self, jobs: Iterable[Job], now: float) -> None:
         for job in jobs:
             self.submit(job, now)
+
+    # ------------------------------------------------------------ schedules
+
+    def _run_schedules(self, now: float) -> None:
+        def submit(job: Job) -> None:
+            self.counters["submitted"] += 1
+            self._put(job, now)
+
+        self.schedules.run(now, self._exists, submit, self.changes, self.schedules_remote)
+
+    def _exists(self, func: bytes, name: bytes) -> bool:
+        return self._lookup(func, name) is not None
+
+    def schedule_put(self, row: ScheduleRow, now: float) -> None:
+        """Add or replace a schedule (validated by ``schedules.make_row``); a
+        replaced one keeps its counters and its queued ticks."""
+        old = self.schedules.entries.get(row.handle)
+        if old is not None:
+            o = old.row
+            row = replace(row, fired=o.fired, skipped=o.skipped, queued=o.queued,
+                          last_fired=o.last_fired)  # fmt: skip
+        self.schedules.put(row, now, self.changes)
+
+    def schedule_remove(self, func: bytes, name: bytes) -> bool:
+        return self.schedules.remove(func, name, self.changes)
+
+    def schedule_applied(
+        self, before: ScheduleRow | None, row: ScheduleRow, job: Job | None, now: float
+    ) -> None:
+        """Cluster mode: the store decided a schedule's event, seeing ``before``
+        (``row`` and ``job`` are stored already)."""
+
+        def submit(job: Job) -> None:
+            self.counters["submitted"] += 1
+            self._put(job, now)
+            self.changes.pop()  # already in the store
+
+        self.schedules.applied(row, job, now, submit, None, before)
 
     def config_get(self, key: str) -> int:
         return self.config.get(key, 0)
@@ -936,3 +927,38 @@ class Scheduler:
             return
         self.config[key] = max(0, min(value, U32_MAX))
         self.changes.append(SetConfig(key, self.config[key]))
+
+    # ------------------------------------------- retry policies & failed set
+
+    def _end_attempts(self, func: bytes, name: bytes) -> None:
+        """The job's failure count ends (done, removed, resubmitted...)."""
+        if self.attempts.pop((func, name), None) is not None:
+            self.changes.append(SetAttempts(func, name, 0))
+
+    def _fresh_start(self, func: bytes, name: bytes) -> None:
+        """A submit replaces the job: its count ends, it leaves the failed set."""
+        self._end_attempts(func, name)
+        names = self.failed.get(func)
+        if names is not None and names.pop(name, None) is not None:
+            if not names:
+                del self.failed[func]
+            self.changes.append(DeleteFailed(func, name))
+
+    def _to_failed_set(
+        self, entry: JobEntry, failures: int, now: float, how: str, held: Assignment | None
+    ) -> None:
+        """The job failed its last allowed attempt: out of the pending set."""
+        func, name = entry.func, entry.name
+        peer = self.describe(held.conn) if held is not None else ""
+        data: bytes = getattr(held, "last_data", b"") if held is not None else b""
+        failed = FailedJob(entry.snapshot(), failures, now, how, peer, data)
+        if self.attempts.pop((func, name), None) is not None:
+            self.changes.append(SetAttempts(func, name, 0))
+        self._delete(self.funcs[func], name)
+        self.changes.append(DeleteJob(func, name))
+        self.failed.setdefault(func, {})[name] = failed
+        self.changes.append(PutFailed(failed))
+        self.failed_total[func] = self.failed_total.get(func, 0) + 1
+        # Nobody waits for a result here (RUN_JOB waiters got ``failed`` in
+        # _fail); RECV_DATA subscribers hear the end of the stream.
+        self._notify(func, name, RESULT_FAILED)

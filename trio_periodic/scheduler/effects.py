@@ -31,3 +31,8 @@ class Push:
 
 
 Effect = Assign | Push
+
+#: What a RUN_JOB waiter hears when the job ends without a result.
+RESULT_FAILED = b"failed"
+RESULT_REMOVED = b"removed"
+RESULT_EXPIRED = b"expired"

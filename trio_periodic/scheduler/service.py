@@ -60,6 +60,7 @@ from trio_periodic.store.base import (
     RemoteDelete,
     RemoteDropFunc,
     RemoteJob,
+    ScheduleStore,
     SharedStore,
     Store,
     StoreError,
@@ -113,6 +114,12 @@ class SchedulerService:
             self.cluster = store
         self.shared = self.cluster is not None
         core.shared = self.shared
+        # Cluster mode: the store decides schedules' ticks (one server each).
+        self._schedule_store: ScheduleStore | None = None
+        if self.cluster is not None and isinstance(store, ScheduleStore):
+            self._schedule_store = store
+            core.schedules_remote = True
+        self._fire_wake = trio.Event()
         # Cluster mode: assignments waiting for their claim (see _claimer).
         self._to_claim: list[Assign] = []
         self._claim_wake = trio.Event()
@@ -126,6 +133,10 @@ class SchedulerService:
         #: Cluster mode: puts that claim their job (PutJob.lease) being
         #: committed: handle → (when the claim was asked, the assignment).
         self._put_claims: dict[tuple[bytes, bytes], tuple[float, Assign]] = {}
+        #: Cluster mode: due jobs put without a taker yet, claimed by their own
+        #: put so that a slot that frees up takes them without a round trip:
+        #: handle → (when the claim was asked, the PutJob carrying it).
+        self._put_ahead: dict[tuple[bytes, bytes], tuple[float, PutJob]] = {}
         self._claims_on_put = hasattr(store, "put_claims_refused")
         #: While a claim ahead is in flight: the jobs put, deleted or changed
         #: elsewhere meanwhile (their claim ahead is not to be trusted).
@@ -146,9 +157,9 @@ class SchedulerService:
         self.poke()
         effects, changes = core.take_effects(), core.take_changes()
         if changes and self.shared:
-            if self._ahead or self._claiming is not None:
+            if self._ahead or self._claiming is not None or self._put_ahead:
                 self._forget_ahead(changes)
-            if self._claims_on_put and effects:
+            if self._claims_on_put:
                 changes = self._claim_on_put(effects, changes)
         return effects, changes
 
@@ -166,15 +177,21 @@ class SchedulerService:
         self._forget(gone)
 
     def _forget(self, handles: Iterable[tuple[bytes, bytes]]) -> None:
-        ahead, claiming = self._ahead, self._claiming
+        ahead, claiming, put_ahead = self._ahead, self._claiming, self._put_ahead
         for handle in handles:
             ahead.pop(handle, None)
+            put_ahead.pop(handle, None)
             if claiming is not None:
                 claiming.add(handle)  # a claim ahead in flight must not keep it
 
     def _claim_on_put(self, effects: list[Effect], changes: list[Change]) -> list[Change]:
         """Jobs handed out in the batch that puts them: claim them in the same
-        write (``PutJob.lease``), one transaction instead of a put and a claim."""
+        write (``PutJob.lease``), one transaction instead of a put and a claim.
+
+        Due jobs put without a taker are claimed the same way while the stock
+        of jobs claimed ahead is under CLAIM_AHEAD and this server has a
+        worker for them: under load the next free slot takes them at once,
+        where a claim of their own would cost a transaction per slot turn."""
         last: dict[tuple[bytes, bytes], int] = {}
         for i, c in enumerate(changes):
             if isinstance(c, PutJob):
@@ -200,6 +217,22 @@ class SchedulerService:
             assert isinstance(put, PutJob)
             out[i] = PutJob(put.job, e.job.timeout + LEASE_GRACE)
             self._put_claims[handle] = (now, e)
+        room = CLAIM_AHEAD - len(self._ahead) - len(self._put_ahead)
+        for handle, i in last.items():
+            if room <= 0:
+                break
+            put = out[i]
+            assert isinstance(put, PutJob)
+            if put.lease is not None or put.job.sched_at > now:
+                continue
+            if not self.core.worker_count(handle[0]):
+                continue
+            if out is changes:
+                out = list(changes)
+            claimed = PutJob(put.job, self.core.effective_timeout(put.job) + LEASE_GRACE)
+            out[i] = claimed
+            self._put_ahead[handle] = (now, claimed)
+            room -= 1
         return out
 
     async def commit(self, changes: Sequence[Change]) -> None:
@@ -220,7 +253,7 @@ class SchedulerService:
             await self.store.commit(changes)
             ok = True
         finally:
-            if self._put_claims:
+            if self._put_claims or self._put_ahead:
                 self._took_put_claims(changes, ok)
             for handle in puts:
                 left = committing[handle] - 1
@@ -239,6 +272,16 @@ class SchedulerService:
             if not isinstance(c, PutJob) or c.lease is None:
                 continue
             handle = (c.job.func, c.job.name)
+            ahead = self._put_ahead.get(handle)
+            if ahead is not None and ahead[1] is c:
+                # Claimed with no taker: stocked unless a later change of ours
+                # or another server's touched the job meanwhile (_forget).
+                del self._put_ahead[handle]
+                if handle in refused:
+                    refused.discard(handle)
+                elif ok:
+                    self._ahead[handle] = ahead[0]
+                continue
             claim = self._put_claims.pop(handle, None)
             if handle in refused:
                 refused.discard(handle)
@@ -461,6 +504,8 @@ class SchedulerService:
                 if self.cluster is not None:
                     await nursery.start(partial(self.cluster.watch, self.remote_changes))
                     nursery.start_soon(self._claimer)
+                if self._schedule_store is not None:
+                    nursery.start_soon(self._schedule_firer)
                 nursery.start_soon(self._sample_throughput)
                 task_status.started()
                 await self._wake_loop()
@@ -491,10 +536,32 @@ class SchedulerService:
             next_second = math.floor(self.clock.now()) + 1
             await trio.sleep_until(self.clock.to_trio(next_second) + 0.001)
 
+    async def _schedule_firer(self) -> None:
+        """Cluster mode: send schedules' due events through the store, which
+        decides each with the schedule's row locked; apply the outcome here."""
+        assert self._schedule_store is not None
+        book = self.core.schedules
+        while True:
+            await self._fire_wake.wait()
+            self._fire_wake = trio.Event()
+            while book.requests:
+                requests, book.requests = book.requests, []
+                for r in requests:
+                    try:
+                        out = await self._schedule_store.fire_schedule(r.func, r.name, r.decision)
+                    except StoreError as exc:
+                        log.error("schedule %r/%r: %s", r.func, r.name, exc)
+                        continue
+                    if out is not None:
+                        self.core.schedule_applied(r.before, out[0], out[1], self.clock.now())
+                await self.settle()
+
     async def _wake_loop(self) -> None:
         core = self.core
         while True:
             core.tick(self.clock.now())
+            if core.schedules.requests:
+                self._fire_wake.set()
             await self.settle()
             self._sleeping_until = core.next_wakeup()
             if not core.candidates:

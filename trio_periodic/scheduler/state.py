@@ -84,7 +84,22 @@ class JobEntry(Job):
 class Assignment:
     """A job handed to one worker on one grab msgid."""
 
-    __slots__ = ("confirmed", "conn", "deadline", "entry", "key", "msgid", "started")
+    # ``last_data`` (the tail of the job's last WORK_DATA) and ``leased`` (the
+    # cluster lease this server wrote, epoch s) are set only by WORK_DATA, and
+    # read with getattr and a default: nothing more to do per assignment.
+    __slots__ = (
+        "confirmed",
+        "conn",
+        "deadline",
+        "entry",
+        "key",
+        "last_data",
+        "leased",
+        "msgid",
+        "started",
+    )
+    last_data: bytes
+    leased: float
 
     def __init__(self, entry: JobEntry, conn: ConnState, msgid: int, started: float) -> None:
         self.entry = entry

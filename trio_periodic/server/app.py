@@ -39,6 +39,7 @@ from trio_periodic.server.auth import AuthFile
 from trio_periodic.server.commands import COMMANDS
 from trio_periodic.server.connection import ConnectionContext, ServerSideConnection, watch_idle
 from trio_periodic.server.http import HTTP_PREFIXES, HttpApi
+from trio_periodic.server.ops.base import describe_worker
 from trio_periodic.server.options import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -114,6 +115,7 @@ class Server:
         except OriginError as exc:
             raise ListenError(str(exc)) from None
         self.core = Scheduler()
+        self.core.describe = describe_worker  # names the worker in the failed set
         self.service: SchedulerService
         #: Built in run(), once the scheduler service exists.
         self.http: HttpApi

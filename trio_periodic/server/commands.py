@@ -18,6 +18,8 @@ from trio_periodic.protocol.job import encode_job_list
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server.auth import Identity
+from trio_periodic.server.ops.base import OpContext, describe_worker
+from trio_periodic.server.ops.table import handle_request
 
 #: Commands a client-role connection may send (PROTOCOL.md §13.3).
 CLIENT_COMMANDS = frozenset(
@@ -34,6 +36,7 @@ CLIENT_COMMANDS = frozenset(
         Cmd.CONFIG_SET,
         Cmd.RUN_JOB,
         Cmd.RECV_DATA,
+        Cmd.EXTENSION,
     }
 )
 #: Codes only the server sends: decoded, then ignored without a reply.
@@ -132,7 +135,7 @@ def remove_job(c: CommandContext, msgid: int, pkt: p.RemoveJob, now: float) -> b
 
 
 def dump(c: CommandContext, msgid: int, pkt: p.Dump, now: float) -> bytes:
-    return encode_raw_frame(msgid, Cmd.DATA, encode_job_list(c.core.dump()))
+    return encode_raw_frame(msgid, Cmd.DATA, encode_job_list(c.core.iter_jobs()))
 
 
 def load(c: CommandContext, msgid: int, pkt: p.Load, now: float) -> bytes:
@@ -207,7 +210,7 @@ def sched_later(c: CommandContext, msgid: int, pkt: p.SchedLater, now: float) ->
 
 
 def work_data(c: CommandContext, msgid: int, pkt: p.WorkData, now: float) -> bytes:
-    c.core.work_data(pkt.func, pkt.name, pkt.data)
+    c.core.work_data(pkt.func, pkt.name, pkt.data, c.state, now)
     return _success(msgid)
 
 
@@ -219,6 +222,12 @@ def acquire(c: CommandContext, msgid: int, pkt: p.Acquire, now: float) -> bytes:
 def release(c: CommandContext, msgid: int, pkt: p.Release, now: float) -> bytes:
     c.core.release(pkt.lock, pkt.func, pkt.name, now)
     return _success(msgid)
+
+
+def extension(c: CommandContext, msgid: int, pkt: p.Extension, now: float) -> bytes:
+    """Ours, not the reference's: one operation of ``server/ops`` (JSON in, JSON out)."""
+    ctx = OpContext(c.core, now, c.identity, describe_worker, c.state)
+    return encode_raw_frame(msgid, Cmd.EXTENSION, handle_request(ctx, pkt.body))
 
 
 def ignore(c: CommandContext, msgid: int, pkt: Any, now: float) -> None:
@@ -252,6 +261,7 @@ COMMANDS: dict[type, Handler] = {
     p.WorkData: work_data,
     p.Acquire: acquire,
     p.Release: release,
+    p.Extension: extension,
 }
 for _cls in p.PACKET_TYPES.values():
     if _cls.cmd in SERVER_ONLY:

@@ -32,6 +32,9 @@ Routes (paths are percent-decoded; a query string is never part of a name):
 ``POST /api/funcs/<func>/jobs/<name>/run`` make a pending job due now
 ``DELETE /api/funcs/<func>/jobs/<name>``   remove a job
 ``DELETE /api/funcs/<func>``               drop a function that has no worker
+``GET /api/schedules``                     the schedules kept by the server (JSON)
+``PUT /api/schedules/<func>/<name>``       add or replace a schedule (JSON body)
+``DELETE /api/schedules/<func>/<name>``    remove a schedule
 ``GET /dashboard``                         the live dashboard (one page, no assets)
 ``GET /periodic.js``, ``/periodic.d.ts``   the browser / Node client module and its types
 =========================================  ===================================
@@ -64,9 +67,11 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import Data
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import SchedulerService
-from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server import dashboard
 from trio_periodic.server.auth import AuthFile, Identity, permits
+from trio_periodic.server.ops import retry as retry_ops
+from trio_periodic.server.ops.base import OpContext, OpError, describe_worker
+from trio_periodic.server.ops.table import lookup
 from trio_periodic.server.origins import OriginPolicy, same_origin
 from trio_periodic.store.base import StoreError
 
@@ -89,7 +94,7 @@ PUBLIC_ROUTES = frozenset({b"/periodic.js", b"/periodic.d.ts"})
 #: Methods that change nothing (no cross-origin check).
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 #: What a listed origin may send (answer to a CORS preflight).
-CORS_METHODS = "GET, POST, DELETE"
+CORS_METHODS = "GET, POST, PUT, DELETE"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 #: Seconds a browser may cache a preflight answer.
 CORS_MAX_AGE = "600"
@@ -147,6 +152,11 @@ def _text(name: bytes) -> str:
     return name.decode("utf-8", errors="backslashreplace")
 
 
+def _text_arg(name: bytes) -> str:
+    """A name from the URL as an operation's argument (bytes survive the trip)."""
+    return name.decode("utf-8", "surrogateescape")
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -202,13 +212,6 @@ def _query_int(query: dict[bytes, list[bytes]], key: bytes, default: int = 0) ->
         return int(raw)
     except ValueError:
         raise HttpError(400, f"{key.decode()} must be an integer, got {_text(raw)!r}") from None
-
-
-def _describe(conn: ConnState) -> str:
-    """A worker connection's peer address, for the dashboard."""
-    stream = getattr(conn.sink, "stream", None)
-    peer = getattr(stream, "peer", None)
-    return str(peer) if peer else f"connection {conn.conn_id}"
 
 
 class HttpApi:
@@ -429,7 +432,11 @@ class HttpApi:
         if parts and parts[0] == b"periodic" and len(parts) >= 2:
             return await self._bridge(method, parts[1:], query, body, caller)
         if len(parts) >= 3 and parts[0] == b"api" and parts[1] == b"funcs":
-            return await self._api_func(method, parts[2:], query, caller)
+            return await self._api_func(method, parts[2:], query, body, caller)
+        if len(parts) >= 2 and parts[0] == b"api" and parts[1] == b"failed":
+            return await self._api_failed(method, parts[2:], query, caller)
+        if len(parts) >= 2 and parts[0] == b"api" and parts[1] == b"schedules":
+            return await self._api_schedules(method, parts[2:], body, caller)
         if len(parts) > 1:
             raise HttpError(404, "no such route")
         func = parts[0] if parts else b""
@@ -508,6 +515,19 @@ class HttpApi:
         self.core.drop_func(func)
         await self._commit()
         return _ok()
+
+    async def _op(self, name: str, args: dict[str, Any], caller: Caller) -> Response:
+        """Run operation ``name`` of ``server/ops`` for ``caller``; its result as
+        JSON, committed to the store first when it changes anything."""
+        ctx = OpContext(self.core, self._now(), caller.identity, describe_worker)
+        try:
+            op = lookup(ctx, name)
+            result = op.handler(ctx, args)
+        except OpError as exc:
+            raise HttpError(exc.status, exc.message) from None
+        if op.writes:
+            await self._commit()
+        return _json(200, result)
 
     async def _commit(self) -> None:
         service = self.service
@@ -601,6 +621,17 @@ class HttpApi:
         for key, value in core.counters.items():
             metric = f"periodic_jobs_{key}_total"
             lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
+        visible = caller.visible
+        for metric, help_text, totals in (
+            ("periodic_retries_total", "Failed jobs scheduled to run again.", core.retried),
+            ("periodic_failed_total", "Jobs moved to the failed set.", core.failed_total),
+        ):
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+            for func in sorted(totals):
+                if visible is None or func in visible:
+                    lines.append(f"{metric}{{func={json.dumps(_text(func))}}} {totals[func]}")
+        if core.schedules.entries:
+            lines += _schedule_metrics(core, visible)
         return Response(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
 
     async def _api_status(self, query: Any, body: bytes, caller: Caller) -> Response:
@@ -620,9 +651,10 @@ class HttpApi:
             "now": now,
             "draining": self.core.draining,
             "funcs": dashboard.funcs_view(self.core, now, visible),
-            "workers": dashboard.workers_view(self.core, now, _describe, visible),
+            "workers": dashboard.workers_view(self.core, now, describe_worker, visible),
             "totals": dict(self.core.counters),
             "throughput": series.as_json(),
+            "retry": retry_ops.overview(self.core, visible),
         }
 
     async def _api_overview(self, query: Any, body: bytes, caller: Caller) -> Response:
@@ -633,7 +665,7 @@ class HttpApi:
 
     async def _api_workers(self, query: Any, body: bytes, caller: Caller) -> Response:
         now = self._now()
-        return _json(200, dashboard.workers_view(self.core, now, _describe, caller.visible))
+        return _json(200, dashboard.workers_view(self.core, now, describe_worker, caller.visible))
 
     async def _api_throughput(self, query: Any, body: bytes, caller: Caller) -> Response:
         seconds = _query_int(query, b"seconds", DEFAULT_HISTORY)
@@ -654,10 +686,17 @@ class HttpApi:
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=events)
 
     async def _api_func(
-        self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], caller: Caller
+        self,
+        method: bytes,
+        parts: list[bytes],
+        query: dict[bytes, list[bytes]],
+        body: bytes,
+        caller: Caller,
     ) -> Response:
-        """``/api/funcs/<func>[/jobs[/<name>[/run]]]``."""
+        """``/api/funcs/<func>[/jobs[/<name>[/run|/explain]]|/retry]``."""
         func, rest = parts[0], parts[1:]
+        if rest == [b"retry"]:
+            return await self._api_retry(method, func, body, caller)
         if method == b"DELETE" and not rest:
             caller.require(Cmd.DROP_FUNC, func)
             if func not in self.core.funcs:
@@ -685,7 +724,7 @@ class HttpApi:
                 self.core,
                 func,
                 self._now(),
-                _describe,
+                describe_worker,
                 offset=_query_int(query, b"offset", 0),
                 limit=_query_int(query, b"limit", 50),
                 state=state,
@@ -701,6 +740,8 @@ class HttpApi:
             self.core.remove_job(func, name)
             await self._commit()
             return _ok()
+        if len(rest) == 3 and rest[2] == b"explain" and method == b"GET":
+            return await self._op("explain", {"func": _text(func), "name": _text(name)}, caller)
         if len(rest) == 3 and rest[2] == b"run" and method == b"POST":
             caller.require(Cmd.SUBMIT_JOB, func)
             if self.core.entry(func, name) is None:
@@ -710,6 +751,68 @@ class HttpApi:
             await self._commit()
             return _ok()
         raise HttpError(405 if len(rest) in (2, 3) else 404, "method not allowed")
+
+    # ------------------------------------------- retry policies, failed set
+
+    async def _api_retry(self, method: bytes, func: bytes, body: bytes, caller: Caller) -> Response:
+        """``GET|PUT|DELETE /api/funcs/<func>/retry``: the function's retry policy
+        (PUT: a JSON object of max_attempts, backoff, base, cap, jitter)."""
+        name = {b"GET": "retry_get", b"PUT": "retry_set", b"DELETE": "retry_clear"}.get(method)
+        if name is None:
+            raise HttpError(405, "method not allowed")
+        args: dict[str, Any] = {}
+        if method == b"PUT" and body.strip():
+            try:
+                args = json.loads(body)
+            except ValueError:
+                raise HttpError(400, "the body is not JSON") from None
+            if not isinstance(args, dict):
+                raise HttpError(400, "the body must be a JSON object")
+        return await self._op(name, {**args, "func": _text_arg(func)}, caller)
+
+    async def _api_failed(
+        self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], caller: Caller
+    ) -> Response:
+        """``GET /api/failed[?func=F]``, ``POST /api/failed/<func>/<name>/retry``,
+        ``DELETE /api/failed/<func>[/<name>]``."""
+        if not parts and method == b"GET":
+            func = query.get(b"func", [b""])[0]
+            args: dict[str, Any] = {"func": _text_arg(func)} if func else {}
+            return await self._op("failed_list", args, caller)
+        if len(parts) == 3 and parts[2] == b"retry" and method == b"POST":
+            args = {"func": _text_arg(parts[0]), "names": [_text_arg(parts[1])]}
+            return await self._op("failed_retry", args, caller)
+        if len(parts) in (1, 2) and method == b"DELETE":
+            args = {"func": _text_arg(parts[0])}
+            if len(parts) == 2:
+                args["names"] = [_text_arg(parts[1])]
+            return await self._op("failed_purge", args, caller)
+        raise HttpError(404, "no such route")
+
+    # ------------------------------------------------------------ schedules
+
+    async def _api_schedules(
+        self, method: bytes, rest: list[bytes], body: bytes, caller: Caller
+    ) -> Response:
+        """``/api/schedules[/<func>/<name>]``: the ``schedule_*`` operations."""
+        if not rest:
+            if method != b"GET":
+                raise HttpError(405, "method not allowed")
+            return await self._op("schedule_list", {}, caller)
+        if len(rest) != 2:
+            raise HttpError(404, "no such route")
+        handle = {"func": _text_arg(rest[0]), "name": _text_arg(rest[1])}
+        if method == b"DELETE":
+            return await self._op("schedule_remove", handle, caller)
+        if method != b"PUT":
+            raise HttpError(405, "method not allowed")
+        try:
+            args = json.loads(body or b"{}")
+        except ValueError:
+            raise HttpError(400, "the body must be a JSON object") from None
+        if not isinstance(args, dict):
+            raise HttpError(400, "the body must be a JSON object")
+        return await self._op("schedule_add", {**args, **handle}, caller)
 
     # ------------------------------------------------------------ assets
 
@@ -742,6 +845,24 @@ class HttpApi:
         (b"GET", b"/periodic.js"): _javascript,
         (b"GET", b"/periodic.d.ts"): _typescript,
     }
+
+
+def _schedule_metrics(core: Scheduler, visible: frozenset[bytes] | None) -> list[str]:
+    """Per schedule, the ticks this server fired and skipped (each server
+    counts its own: sum them over a cluster)."""
+    entries = core.schedules.rows(visible)
+    lines: list[str] = []
+    for metric, help_text, attr in (
+        ("periodic_schedule_fires_total", "Jobs this server submitted for the schedule.",
+         "local_fired"),
+        ("periodic_schedule_skipped_total", "Ticks this server skipped (the job was still"
+         " pending or running).", "local_skipped"),
+    ):  # fmt: skip
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+        for e in entries:
+            labels = f"func={json.dumps(_text(e.row.func))},name={json.dumps(_text(e.row.name))}"
+            lines.append(f"{metric}{{{labels}}} {getattr(e, attr)}")
+    return lines
 
 
 class _ResultSink:

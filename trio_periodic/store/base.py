@@ -84,7 +84,142 @@ class ExtendLease:
     until: float
 
 
-Change = PutJob | DeleteJob | PutFunc | DeleteFunc | SetConfig | ExtendLease
+# Retry policies and the failed set (opt-in; see scheduler/retry.py).
+
+#: Backoff kinds of a RetryPolicy.
+BACKOFF_FIXED = "fixed"
+BACKOFF_EXPONENTIAL = "exponential"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a function's failed jobs are retried.
+
+    ``max_attempts`` counts every attempt, the first included (0: no limit).
+    ``backoff`` is ``fixed`` (``base`` seconds after each failure) or
+    ``exponential`` (``base * 2**(n-1)`` seconds after the n-th failure),
+    capped at ``cap`` seconds (0: no cap).  With ``jitter`` the wait is drawn
+    between half of it and all of it."""
+
+    max_attempts: int = 0
+    backoff: str = BACKOFF_FIXED
+    base: float = 1.0
+    cap: float = 0.0
+    jitter: bool = False
+
+
+#: How a job in the failed set failed the last time.
+HOW_FAIL = "fail"
+HOW_TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """A job past its function's attempt limit, kept out of the pending set.
+
+    ``failed_at`` is epoch seconds; ``peer`` names the worker that held it
+    last; ``data`` is the tail of the last WORK_DATA it sent (bounded)."""
+
+    job: Job
+    attempts: int
+    failed_at: float
+    how: str = HOW_FAIL
+    peer: str = ""
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PutPolicy:
+    func: bytes
+    policy: RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePolicy:
+    func: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttempts:
+    """The job has failed ``attempts`` times so far (0: forget the count).
+    Kept apart from the job's row so that writing the job (PutJob) never
+    touches it: only these changes and DeleteFunc do."""
+
+    func: bytes
+    name: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutFailed:
+    """Insert or replace a job of the failed set (its pending row is deleted
+    by a DeleteJob of the same batch)."""
+
+    failed: FailedJob
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFailed:
+    func: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A schedule kept by the server, as stored (see scheduler/schedules.py).
+
+    Times are whole seconds since the epoch; 0 means "never"."""
+
+    func: bytes
+    name: bytes
+    cron: str  # five cron fields
+    tz: str  # IANA zone name
+    workload: bytes = b""
+    timeout: int = 0  # seconds; 0 = the server's default
+    overlap: str = "skip"  # "skip" | "queue"
+    catch_up: str = "none"  # "none" | "last" | "all"
+    #: The latest tick handled (fired, skipped or queued), by any server.
+    last_tick: int = 0
+    #: When the latest job was submitted for this schedule.
+    last_fired: int = 0
+    fired: int = 0
+    skipped: int = 0
+    #: Ticks waiting for the current run to end (overlap queue, catch-up all).
+    queued: int = 0
+
+    @property
+    def handle(self) -> tuple[bytes, bytes]:
+        return (self.func, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class PutSchedule:
+    """Insert or replace a schedule (its definition and its counters)."""
+
+    row: ScheduleRow
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSchedule:
+    func: bytes
+    name: bytes
+
+
+Change = (
+    PutJob
+    | DeleteJob
+    | PutFunc
+    | DeleteFunc
+    | SetConfig
+    | ExtendLease
+    | PutPolicy
+    | DeletePolicy
+    | SetAttempts
+    | PutFailed
+    | DeleteFailed
+    | PutSchedule
+    | DeleteSchedule
+)
 
 
 # What other servers sharing the store changed (cluster mode), as seen now.
@@ -115,7 +250,73 @@ class RemoteConfig:
     value: int
 
 
-RemoteChange = RemoteJob | RemoteDelete | RemoteDropFunc | RemoteConfig
+@dataclass(frozen=True, slots=True)
+class RemotePolicy:
+    """The function's retry policy as it is now (None: cleared)."""
+
+    func: bytes
+    policy: RetryPolicy | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAttempts:
+    func: bytes
+    name: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFailed:
+    """The failed-set entry of (func, name) as it is now (None: gone)."""
+
+    func: bytes
+    name: bytes
+    failed: FailedJob | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRetryState:
+    """Every policy, attempt count and failed job as they are now (after the
+    LISTEN connection was lost: replaces what the server had)."""
+
+    policies: dict[bytes, RetryPolicy]
+    attempts: dict[tuple[bytes, bytes], int]
+    failed: list[FailedJob]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSchedule:
+    """A schedule's row as it is now (added, changed or fired elsewhere)."""
+
+    row: ScheduleRow
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteScheduleDelete:
+    func: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteScheduleSet:
+    """Every schedule there is (after a reconnect): the others are gone."""
+
+    rows: tuple[ScheduleRow, ...]
+
+
+RemoteChange = (
+    RemoteJob
+    | RemoteDelete
+    | RemoteDropFunc
+    | RemoteConfig
+    | RemotePolicy
+    | RemoteAttempts
+    | RemoteFailed
+    | RemoteRetryState
+    | RemoteSchedule
+    | RemoteScheduleDelete
+    | RemoteScheduleSet
+)
 
 
 @dataclass(slots=True)
@@ -127,6 +328,13 @@ class StoredState:
     config: dict[str, int] = field(default_factory=dict)
     #: Cluster mode: jobs another server holds, handle → lease_until (epoch s).
     leases: dict[tuple[bytes, bytes], float] = field(default_factory=dict)
+    #: Retry policies by function.
+    policies: dict[bytes, RetryPolicy] = field(default_factory=dict)
+    #: Failures so far of pending jobs of functions with a policy, by handle.
+    attempts: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
+    #: The failed set.
+    failed: list[FailedJob] = field(default_factory=list)
+    schedules: list[ScheduleRow] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -171,4 +379,22 @@ class SharedStore(Store, Protocol):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Report what other servers change, until cancelled."""
+        ...
+
+
+#: Given a schedule's row (locked) and whether its job exists, the new row and
+#: the job to submit (None: none).  Pure; see scheduler/schedules.py.
+ScheduleDecision = Callable[[ScheduleRow, bool], tuple[ScheduleRow, Job | None]]
+
+
+@runtime_checkable
+class ScheduleStore(Protocol):
+    """A shared store that fires schedules: exactly one server per tick."""
+
+    async def fire_schedule(
+        self, func: bytes, name: bytes, decide: ScheduleDecision
+    ) -> tuple[ScheduleRow, Job | None] | None:
+        """In one transaction: lock the schedule's row, see whether its job has
+        a row, apply ``decide`` and write what it changed (the new row, the
+        job).  None when the schedule has no row."""
         ...

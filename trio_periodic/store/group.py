@@ -37,11 +37,19 @@ import trio
 
 from trio_periodic.store.base import (
     Change,
+    DeleteFailed,
     DeleteFunc,
     DeleteJob,
+    DeletePolicy,
+    DeleteSchedule,
     ExtendLease,
+    PutFailed,
     PutFunc,
     PutJob,
+    PutPolicy,
+    PutSchedule,
+    ScheduleRow,
+    SetAttempts,
     SetConfig,
     StoreError,
 )
@@ -170,6 +178,30 @@ def change_runs(changes: Iterable[Change]) -> Iterator[tuple[type, Rows]]:
         yield kind, [change_row(c) for c in run]
 
 
+#: A schedule row's columns, in the order ``schedule_values`` gives them.
+SCHEDULE_COLUMNS = (
+    "func, name, cron, tz, workload, timeout, overlap, catch_up,"
+    " last_tick, last_fired, fired, skipped, queued"
+)
+
+
+def schedule_values(row: ScheduleRow) -> tuple[Any, ...]:
+    return (
+        row.func, row.name, row.cron, row.tz, row.workload, row.timeout, row.overlap,
+        row.catch_up, row.last_tick, row.last_fired, row.fired, row.skipped, row.queued,
+    )  # fmt: skip
+
+
+def schedule_row(values: Sequence[Any]) -> ScheduleRow:
+    """The inverse of ``schedule_values`` (a row read with SCHEDULE_COLUMNS)."""
+    func, name, cron, tz, workload, *ints = values
+    timeout, overlap, catch_up, last_tick, last_fired, fired, skipped, queued = ints
+    return ScheduleRow(
+        bytes(func), bytes(name), cron, tz, bytes(workload), int(timeout), overlap, catch_up,
+        int(last_tick), int(last_fired), int(fired), int(skipped), int(queued),
+    )  # fmt: skip
+
+
 def change_row(change: Change) -> tuple[Any, ...]:
     match change:
         case PutJob(job=j):
@@ -182,6 +214,24 @@ def change_row(change: Change) -> tuple[Any, ...]:
             return (key, value)
         case ExtendLease(func=func, name=name, until=until):
             return (func, name, until)
+        case PutPolicy(func=func, policy=p):
+            return (func, p.max_attempts, p.backoff, p.base, p.cap, p.jitter)
+        case DeletePolicy(func=func):
+            return (func,)
+        case SetAttempts(func=func, name=name, attempts=attempts):
+            return (func, name, attempts)
+        case PutFailed(failed=f):
+            j = f.job
+            return (
+                j.func, j.name, j.workload, j.sched_at, j.count, j.timeout,
+                f.attempts, f.failed_at, f.how, f.peer, f.data,
+            )  # fmt: skip
+        case DeleteFailed(func=func, name=name):
+            return (func, name)
+        case PutSchedule(row=row):
+            return schedule_values(row)
+        case DeleteSchedule(func=func, name=name):
+            return (func, name)
     raise TypeError(f"not a store change: {change!r}")
 
 

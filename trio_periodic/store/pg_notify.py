@@ -10,6 +10,10 @@ inside the transaction, so that listeners hear of it only once it committed
     <server id> d <hex func> <hex name>     a job row was deleted
     <server id> f <hex func>                a function and all its jobs were dropped
     <server id> c <hex key>                 a config key was set
+    <server id> p <hex func>                a retry policy was set or cleared
+    <server id> a <hex func> <hex name>     a job's attempt count changed
+    <server id> x <hex func> <hex name>     a job entered or left the failed set
+    <server id> s <hex func> <hex name>     a schedule row was written or deleted
 
 split over several notifications when it would pass ``MAX_PAYLOAD`` bytes
 (PostgreSQL refuses payloads of 8000 bytes or more).  A notification says
@@ -39,18 +43,33 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from trio_periodic.protocol.job import Job
+from trio_periodic.store import pg_retry
 from trio_periodic.store.base import (
     Change,
+    DeleteFailed,
     DeleteFunc,
     DeleteJob,
+    DeletePolicy,
+    DeleteSchedule,
+    PutFailed,
     PutJob,
+    PutPolicy,
+    PutSchedule,
+    RemoteAttempts,
     RemoteChange,
     RemoteConfig,
     RemoteDelete,
     RemoteDropFunc,
+    RemoteFailed,
     RemoteJob,
+    RemotePolicy,
+    RemoteSchedule,
+    RemoteScheduleDelete,
+    RemoteScheduleSet,
+    SetAttempts,
     SetConfig,
 )
+from trio_periodic.store.group import SCHEDULE_COLUMNS, schedule_row
 
 CHANNEL: Final = "periodic_changes"
 #: Largest payload we send, in bytes (PostgreSQL's limit is 8000).
@@ -86,6 +105,10 @@ _FETCH_JOBS: Final = (
     " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
     " ON j.func = v.func AND j.name = v.name"
 )
+_FETCH_SCHEDULES: Final = (
+    f"SELECT {SCHEDULE_COLUMNS} FROM periodic_schedules"
+    " WHERE (func, name) IN (SELECT * FROM unnest(%s::bytea[], %s::bytea[]))"
+)
 _FETCH_CONFIGS: Final = "SELECT key, value FROM periodic_configs WHERE key = ANY(%s::text[])"
 _FIRST_PAGE: Final = f"SELECT {_ROW_COLUMNS} FROM periodic_jobs j ORDER BY j.func, j.name LIMIT %s"
 _NEXT_PAGE: Final = (
@@ -111,7 +134,23 @@ def change_lines(server_id: str, changes: Iterable[Change]) -> list[str]:
                 lines[f"{server_id} f {func.hex()}"] = None
             case SetConfig(key=key):
                 lines[f"{server_id} c {key.encode().hex()}"] = None
+            case PutPolicy(func=func) | DeletePolicy(func=func):
+                lines[f"{server_id} p {func.hex()}"] = None
+            case SetAttempts(func=func, name=name):
+                lines[f"{server_id} a {func.hex()} {name.hex()}"] = None
+            case PutFailed(failed=failed):
+                lines[f"{server_id} x {failed.job.func.hex()} {failed.job.name.hex()}"] = None
+            case DeleteFailed(func=func, name=name):
+                lines[f"{server_id} x {func.hex()} {name.hex()}"] = None
+            case PutSchedule(row=row):
+                lines[f"{server_id} s {row.func.hex()} {row.name.hex()}"] = None
+            case DeleteSchedule(func=func, name=name):
+                lines[f"{server_id} s {func.hex()} {name.hex()}"] = None
     return list(lines)
+
+
+def schedule_lines(server_id: str, handles: Iterable[Handle]) -> list[str]:
+    return [f"{server_id} s {func.hex()} {name.hex()}" for func, name in handles]
 
 
 def claim_lines(server_id: str, handles: Iterable[Handle]) -> list[str]:
@@ -135,7 +174,9 @@ def payloads(lines: Sequence[str]) -> list[str]:
 
 
 #: What a batch of notifications asks us to look at, in last-occurrence order:
-#: ("j", func, name) for a job row, ("f", func) for a dropped func, ("c", key).
+#: ("j", func, name) for a job row, ("f", func) for a dropped func, ("c", key);
+#: ("p", func) a retry policy, ("a", func, name) a count, ("x", func, name) a
+#: failed job.
 Key = tuple[Any, ...]
 
 
@@ -161,10 +202,16 @@ def _key(parts: list[str]) -> Key | None:
     op = parts[1]
     if op in ("j", "d") and len(parts) == 4:
         return ("j", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
+    if op == "s" and len(parts) == 4:
+        return ("s", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
     if op == "f" and len(parts) == 3:
         return ("f", bytes.fromhex(parts[2]))
     if op == "c" and len(parts) == 3:
         return ("c", bytes.fromhex(parts[2]).decode())
+    if op in ("a", "x") and len(parts) == 4:
+        return (op, bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
+    if op == "p" and len(parts) == 3:
+        return ("p", bytes.fromhex(parts[2]))
     return None
 
 
@@ -269,24 +316,41 @@ class Listener:
         conn = self._connection()
         handles = [(k[1], k[2]) for k in keys if k[0] == "j"]
         config_keys = [k[1] for k in keys if k[0] == "c"]
+        schedule_keys = [(k[1], k[2]) for k in keys if k[0] == "s"]
         rows: dict[Handle, Sequence[Any]] = {}
         configs: dict[str, int] = {}
+        retry = _RetryRows()
+        schedules: dict[Handle, Sequence[Any]] = {}
         with conn.cursor(binary=True) as cur:
+            if schedule_keys:
+                cur.execute(
+                    _FETCH_SCHEDULES, ([h[0] for h in schedule_keys], [h[1] for h in schedule_keys])
+                )
+                schedules = {(r[0], r[1]): r for r in cur.fetchall()}
             if handles:
                 cur.execute(_FETCH_JOBS, ([h[0] for h in handles], [h[1] for h in handles]))
                 rows = {(r[0], r[1]): r for r in cur.fetchall()}
             if config_keys:
                 cur.execute(_FETCH_CONFIGS, (config_keys,))
                 configs = dict(cur.fetchall())
+            retry.read(cur, keys)
         out: list[RemoteChange] = []
         now = self._clock()
         for key in keys:
-            if key[0] == "j":
+            if key[0] in _RETRY_KEYS:
+                out.append(retry.change(key))
+            elif key[0] == "j":
                 row = rows.get((key[1], key[2]))
                 if row is None:
                     out.append(RemoteDelete(key[1], key[2]))
                 elif (job := remote_job(row, self._me, now)) is not None:
                     out.append(job)
+            elif key[0] == "s":
+                srow = schedules.get((key[1], key[2]))
+                if srow is None:
+                    out.append(RemoteScheduleDelete(key[1], key[2]))
+                else:
+                    out.append(RemoteSchedule(schedule_row(srow)))
             elif key[0] == "f":
                 out.append(RemoteDropFunc(key[1]))
             elif key[1] in configs:
@@ -305,6 +369,9 @@ class Listener:
             if after is None:
                 cur.execute("SELECT key, value FROM periodic_configs")
                 out += [RemoteConfig(key, value) for key, value in cur.fetchall()]
+                out.append(pg_retry.read_all(cur))
+                cur.execute(f"SELECT {SCHEDULE_COLUMNS} FROM periodic_schedules")
+                out.append(RemoteScheduleSet(tuple(schedule_row(r) for r in cur.fetchall())))
                 cur.execute(_FIRST_PAGE, (RESYNC_PAGE,))
             else:
                 cur.execute(_NEXT_PAGE, (*after, RESYNC_PAGE))
@@ -320,3 +387,34 @@ class Listener:
         if conn is None or conn.closed:
             raise psycopg.OperationalError("the LISTEN connection is closed")
         return conn
+
+
+_RETRY_KEYS: Final = frozenset({"p", "a", "x"})
+
+
+class _RetryRows:
+    """The retry rows a batch of notifications names, read in three statements."""
+
+    def __init__(self) -> None:
+        self.policies: dict[bytes, Any] = {}
+        self.attempts: dict[Handle, int] = {}
+        self.failed: dict[Handle, Any] = {}
+
+    def read(self, cur: psycopg.Cursor[Any], keys: Sequence[Key]) -> None:
+        funcs = [k[1] for k in keys if k[0] == "p"]
+        counted = [(k[1], k[2]) for k in keys if k[0] == "a"]
+        failed = [(k[1], k[2]) for k in keys if k[0] == "x"]
+        if funcs:
+            self.policies = pg_retry.read_policies(cur, funcs)
+        if counted:
+            self.attempts = pg_retry.read_attempts(cur, counted)
+        if failed:
+            self.failed = pg_retry.read_failed(cur, failed)
+
+    def change(self, key: Key) -> RemoteChange:
+        if key[0] == "p":
+            return RemotePolicy(key[1], self.policies.get(key[1]))
+        handle = (key[1], key[2])
+        if key[0] == "a":
+            return RemoteAttempts(key[1], key[2], self.attempts.get(handle, 0))
+        return RemoteFailed(key[1], key[2], self.failed.get(handle))

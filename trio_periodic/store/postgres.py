@@ -64,7 +64,15 @@ table as RemoteDeletes once the last page is read.  Functions dropped
 meanwhile lose their jobs that way; the empty function itself stays listed
 until restart (no job of it can be lost by that).
 
-Schema version 1 (tables carry a fixed ``periodic_`` prefix)::
+Schedules (``periodic_schedules``) are mirrored like jobs (notification
+lines ``s``).  A schedule's tick, or the end of a run with ticks queued, is
+decided by ``fire_schedule`` in a transaction of its own that locks the
+schedule's row, looks whether the job has a row and writes the outcome (the
+row and the job) with the lock held: ``last_tick`` only moves forward, so of
+the servers handling one tick exactly one fires it.
+
+Schema version 3 (tables carry a fixed ``periodic_`` prefix; version 2 added
+the retry tables of ``pg_retry.py``, version 3 ``periodic_schedules``)::
 
     periodic_meta(key TEXT PRIMARY KEY, value TEXT)   -- ('schema_version', '1')
     periodic_jobs(func BYTEA, name BYTEA, sched_at BIGINT, count BIGINT,
@@ -73,6 +81,10 @@ Schema version 1 (tables carry a fixed ``periodic_`` prefix)::
                   PRIMARY KEY (func, name))
     periodic_funcs(func BYTEA PRIMARY KEY)
     periodic_configs(key TEXT PRIMARY KEY, value BIGINT)
+    periodic_schedules(func BYTEA, name BYTEA, cron TEXT, tz TEXT, workload BYTEA,
+                       timeout BIGINT, overlap TEXT, catch_up TEXT,
+                       last_tick BIGINT, last_fired BIGINT, fired BIGINT,
+                       skipped BIGINT, queued BIGINT, PRIMARY KEY (func, name))
 
 ``claimed_by`` is a server id (random per process, so a restarted server does
 not inherit its former claims: they run out like those of a dead server).
@@ -96,19 +108,31 @@ import psycopg_pool
 import trio
 
 from trio_periodic.protocol.job import Job
+from trio_periodic.store import pg_retry
 from trio_periodic.store.base import (
     Change,
     DeleteFunc,
     DeleteJob,
+    DeleteSchedule,
     ExtendLease,
     PutFunc,
     PutJob,
+    PutSchedule,
     RemoteChange,
+    ScheduleDecision,
+    ScheduleRow,
     SetConfig,
     StoredState,
     StoreError,
 )
-from trio_periodic.store.group import GroupCommitter, change_row, gc_paused, split_outcomes
+from trio_periodic.store.group import (
+    SCHEDULE_COLUMNS,
+    GroupCommitter,
+    change_row,
+    gc_paused,
+    schedule_row,
+    split_outcomes,
+)
 from trio_periodic.store.pg_known import KnownJobs
 from trio_periodic.store.pg_notify import (
     CHANNEL,
@@ -118,6 +142,7 @@ from trio_periodic.store.pg_notify import (
     change_lines,
     claim_lines,
     payloads,
+    schedule_lines,
 )
 from trio_periodic.store.uri import is_keyword_form, redact_uri
 
@@ -150,10 +175,30 @@ def _migrate_to_1(conn: _Conn) -> None:
     conn.execute("CREATE TABLE periodic_configs (key TEXT PRIMARY KEY, value BIGINT NOT NULL)")
 
 
+def _migrate_to_3(conn: _Conn) -> None:
+    """Schedules kept by the server; times in epoch seconds."""
+    conn.execute(
+        "CREATE TABLE periodic_schedules ("
+        " func BYTEA NOT NULL, name BYTEA NOT NULL, cron TEXT NOT NULL, tz TEXT NOT NULL,"
+        " workload BYTEA NOT NULL DEFAULT '\\x', timeout BIGINT NOT NULL DEFAULT 0,"
+        " overlap TEXT NOT NULL DEFAULT 'skip', catch_up TEXT NOT NULL DEFAULT 'none',"
+        " last_tick BIGINT NOT NULL DEFAULT 0, last_fired BIGINT NOT NULL DEFAULT 0,"
+        " fired BIGINT NOT NULL DEFAULT 0, skipped BIGINT NOT NULL DEFAULT 0,"
+        " queued BIGINT NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (func, name))"
+    )
+
+
 #: MIGRATIONS[i] upgrades a database at schema version i to version i + 1.
-MIGRATIONS: Final[list[Callable[[_Conn], None]]] = [_migrate_to_1]
+MIGRATIONS: Final[list[Callable[[_Conn], None]]] = [
+    _migrate_to_1,
+    pg_retry.migrate_to_2,
+    _migrate_to_3,
+]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
-_TABLES: Final = ("periodic_meta", "periodic_jobs", "periodic_funcs", "periodic_configs")
+_TABLES: Final = (
+    "periodic_meta", "periodic_jobs", "periodic_funcs", "periodic_configs", "periodic_schedules"
+)  # fmt: skip
 #: pg_advisory_xact_lock key serialising schema migrations ("periodic" in ASCII).
 _MIGRATION_LOCK: Final = 0x706572696F646963
 
@@ -163,12 +208,40 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
     DeleteFunc: (
         "DELETE FROM periodic_jobs WHERE func = %s",
         "DELETE FROM periodic_funcs WHERE func = %s",
+        *pg_retry.DELETE_FUNC,
     ),
     SetConfig: (
         "INSERT INTO periodic_configs (key, value) VALUES (%s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     ),
+    **pg_retry.SQL,
+    PutSchedule: (
+        f"INSERT INTO periodic_schedules ({SCHEDULE_COLUMNS})"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (func, name) DO UPDATE SET"
+        " cron = EXCLUDED.cron, tz = EXCLUDED.tz, workload = EXCLUDED.workload,"
+        " timeout = EXCLUDED.timeout, overlap = EXCLUDED.overlap, catch_up = EXCLUDED.catch_up,"
+        " last_tick = EXCLUDED.last_tick, last_fired = EXCLUDED.last_fired,"
+        " fired = EXCLUDED.fired, skipped = EXCLUDED.skipped, queued = EXCLUDED.queued",
+    ),
+    DeleteSchedule: ("DELETE FROM periodic_schedules WHERE func = %s AND name = %s",),
 }
+
+_LOCK_SCHEDULE: Final = (
+    f"SELECT {SCHEDULE_COLUMNS} FROM periodic_schedules WHERE func = %s AND name = %s FOR UPDATE"
+)
+_JOB_EXISTS: Final = "SELECT 1 FROM periodic_jobs WHERE func = %s AND name = %s"
+_UPDATE_SCHEDULE: Final = (
+    "UPDATE periodic_schedules SET last_tick = %s, last_fired = %s, fired = %s,"
+    " skipped = %s, queued = %s WHERE func = %s AND name = %s"
+)
+# A schedule's job: a plain put (no claim); the row was absent a moment ago.
+_PUT_SCHEDULED_JOB: Final = (
+    "INSERT INTO periodic_jobs (func, name, sched_at, count, timeout, workload)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (func, name) DO UPDATE SET"
+    " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count, timeout = EXCLUDED.timeout,"
+    " workload = EXCLUDED.workload, claimed_by = NULL, lease_until = NULL"
+)
 
 # The hot kinds as one statement per run of changes, the rows as arrays:
 # one Bind/Execute instead of one per row (CPU on both sides).
@@ -226,6 +299,54 @@ _PUT_CLAIMED: Final = (
     " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
     " ON j.func = v.func AND j.name = v.name WHERE j.claimed_by = %s"
 )
+
+
+def _one_statement(
+    changes: list[Change], notes: list[str], claimed: bool, me: str, now: float
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The whole transaction as one statement, when it can be one: only puts,
+    deletes and lease extensions, and no job touched by two of those kinds
+    (then the order between kinds does not matter, and within a kind the last
+    change of a job wins, as one after the other would leave it).  Each kind
+    becomes a data-modifying CTE (always run to completion); the last SELECT
+    sends the notifications and returns, if puts claimed jobs, the ones this
+    write left claimed by us.  One statement in autocommit mode is its own
+    transaction: one round trip and a fraction of the client CPU of a
+    pipelined BEGIN … COMMIT.  None: use a transaction block."""
+    runs: dict[type, list[Change]] = {}
+    owner: dict[Handle, type] = {}
+    for c in changes:
+        kind = type(c)
+        if kind not in _BATCHED:
+            return None
+        h = (c.job.func, c.job.name) if isinstance(c, PutJob) else (c.func, c.name)  # type: ignore[union-attr]
+        if owner.setdefault(h, kind) is not kind:
+            return None
+        runs.setdefault(kind, []).append(c)
+    ctes: list[str] = []
+    params: list[Any] = []
+    for kind, cte, returning in (
+        (PutJob, "p", " RETURNING j.func, j.name, j.claimed_by"),
+        (DeleteJob, "d", " RETURNING 1"),
+        (ExtendLease, "e", " RETURNING 1"),
+    ):
+        run = runs.get(kind)
+        if run:
+            sql, args = _batched(kind, run, me, now)
+            ctes.append(f"{cte} AS ({sql}{returning})")
+            params += args
+    outputs = []
+    if notes:
+        ctes.append("n AS (SELECT pg_notify(%s, m) IS NULL AS sent FROM unnest(%s::text[]) AS m)")
+        params += [CHANNEL, notes]
+        outputs.append("(SELECT count(sent) FROM n)")
+    if claimed and PutJob in runs:
+        outputs += [
+            "(SELECT array_agg(func) FROM p WHERE claimed_by = %s)",
+            "(SELECT array_agg(name) FROM p WHERE claimed_by = %s)",
+        ]
+        params += [me, me]
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(outputs) or '0'}", tuple(params)
 
 
 def _batched(kind: type, run: list[Change], me: str, now: float) -> tuple[str, tuple[Any, ...]]:
@@ -373,6 +494,60 @@ class PostgresStore:
             limiter=self._claim_limiter,
         )  # fmt: skip
 
+    async def fire_schedule(
+        self, func: bytes, name: bytes, decide: ScheduleDecision
+    ) -> tuple[ScheduleRow, Job | None] | None:
+        """Decide a schedule's event with its row locked (see the module
+        docstring); the new row and the job submitted, or None (no row)."""
+        if self._pool is None or self._closed:
+            raise StoreError(f"{self.uri}: store is not open")
+        out = await trio.to_thread.run_sync(
+            self._retrying, partial(self._fire_sync, func, name, decide), "schedule",
+            limiter=self._claim_limiter,
+        )  # fmt: skip
+        if out is not None and out[1] is not None:
+            self._known.submitted(self._known.submitting([PutJob(out[1])]))
+        return out
+
+    def _fire_sync(
+        self, func: bytes, name: bytes, decide: ScheduleDecision
+    ) -> tuple[ScheduleRow, Job | None] | None:
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"{self.uri}: store is closed")
+        me = self.server_id
+        try:
+            with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
+                # The lock orders the servers; the job is looked up in a later
+                # statement, so it sees what the previous holder committed.
+                cur.execute(_LOCK_SCHEDULE, (func, name))
+                found = cur.fetchone()
+                if found is None:
+                    return None
+                row = schedule_row(found)
+                cur.execute(_JOB_EXISTS, (func, name))
+                exists = cur.fetchone() is not None
+                new, job = decide(row, exists)
+                if new == row:
+                    return new, None
+                cur.execute(
+                    _UPDATE_SCHEDULE,
+                    (new.last_tick, new.last_fired, new.fired, new.skipped, new.queued, func, name),
+                )
+                lines = schedule_lines(me, [(func, name)])
+                if job is not None:
+                    cur.execute(
+                        _PUT_SCHEDULED_JOB,
+                        (job.func, job.name, job.sched_at, job.count, job.timeout, job.workload),
+                    )
+                    lines += claim_lines(me, [(func, name)])
+                cur.execute(_NOTIFY_ALL, (CHANNEL, payloads(lines)))
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.uri}: firing a schedule failed: {exc}") from exc
+        return new, job
+
     async def watch(
         self,
         on_changes: Callable[[list[RemoteChange]], None],
@@ -519,7 +694,9 @@ class PostgresStore:
     def _open_pool(self) -> _Pool:
         pool: _Pool = psycopg_pool.ConnectionPool(
             self._conninfo,
-            kwargs={"connect_timeout": self._connect_seconds},
+            # Autocommit: a single statement is its own transaction (see
+            # _one_statement); everything else opens a block with transaction().
+            kwargs={"connect_timeout": self._connect_seconds, "autocommit": True},
             min_size=1,
             max_size=self._pool_size,
             open=False,
@@ -618,27 +795,13 @@ class PostgresStore:
         changes = _without_moot_extensions(changes)
         notes = payloads(change_lines(me, changes))
         claimed = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob) and c.lease]
-        # Pipeline mode: BEGIN, the statements, the check and COMMIT go out
-        # together, one round trip (plus the COMMIT's WAL flush); the check's
-        # rows are read once the COMMIT came back.
-        won: set[Handle] = set()
+        single = _one_statement(changes, notes, bool(claimed), me, now)
         try:
-            with pool.connection() as conn, conn.pipeline(), conn.cursor() as cur:
-                with conn.transaction():
-                    for kind, run in groupby(changes, type):
-                        if kind in _BATCHED:
-                            cur.execute(*_batched(kind, list(run), me, now))
-                            continue
-                        params = [change_row(c) for c in run]
-                        for sql in _SQL[kind]:
-                            cur.executemany(sql, params)
-                    if notes:  # delivered on COMMIT, never on a rollback
-                        cur.execute(_NOTIFY_ALL, (CHANNEL, notes))
-                    if claimed:
-                        handles = ([h[0] for h in claimed], [h[1] for h in claimed], me)
-                        cur.execute(_PUT_CLAIMED, handles)
-                if claimed:
-                    won = set(cur.fetchall())
+            with pool.connection() as conn:
+                if single is not None:
+                    won = _run_single(conn, single, bool(claimed))
+                else:
+                    won = _run_block(conn, changes, notes, claimed, me, now)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -678,6 +841,47 @@ class PostgresStore:
             return {}
         claimed = set(won)
         return {h: held.get(h) for h in wanted if h not in claimed}
+
+
+def _run_single(conn: _Conn, statement: tuple[str, tuple[Any, ...]], claimed: bool) -> set[Handle]:
+    """Run a transaction made one statement (``_one_statement``); the jobs its
+    puts left claimed by us."""
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(*statement).fetchone()
+    if not claimed or row is None or row[-1] is None:
+        return set()
+    return set(zip(row[-2], row[-1], strict=True))
+
+
+def _run_block(
+    conn: _Conn,
+    changes: list[Change],
+    notes: list[str],
+    claimed: list[Handle],
+    me: str,
+    now: float,
+) -> set[Handle]:
+    """Run a transaction as a BEGIN … COMMIT block in pipeline mode: the
+    statements, the check and COMMIT go out together, one round trip (plus the
+    COMMIT's WAL flush); the check's rows are read once the COMMIT came back.
+    Returns the jobs its puts left claimed by us."""
+    with conn.pipeline(), conn.cursor() as cur:
+        with conn.transaction():
+            for kind, run in groupby(changes, type):
+                if kind in _BATCHED:
+                    cur.execute(*_batched(kind, list(run), me, now))
+                    continue
+                params = [change_row(c) for c in run]
+                for sql in _SQL[kind]:
+                    cur.executemany(sql, params)
+            if notes:  # delivered on COMMIT, never on a rollback
+                cur.execute(_NOTIFY_ALL, (CHANNEL, notes))
+            if claimed:
+                handles = ([h[0] for h in claimed], [h[1] for h in claimed], me)
+                cur.execute(_PUT_CLAIMED, handles)
+        if claimed:
+            return set(cur.fetchall())
+    return set()
 
 
 def _without_moot_extensions(changes: list[Change]) -> list[Change]:
@@ -725,4 +929,11 @@ def _load(conn: _Conn, now: float) -> StoredState:
         funcs = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT key, value FROM periodic_configs")
         config = {key: value for key, value in cur.fetchall()}
-    return StoredState(jobs=jobs, funcs=funcs, config=config, leases=leases)
+        retry = pg_retry.read_all(cur)
+        cur.execute(f"SELECT {SCHEDULE_COLUMNS} FROM periodic_schedules")
+        schedules = [schedule_row(r) for r in cur.fetchall()]
+    return StoredState(
+        jobs=jobs, funcs=funcs, config=config, leases=leases,
+        policies=retry.policies, attempts=retry.attempts, failed=retry.failed,
+        schedules=schedules,
+    )  # fmt: skip

@@ -15,13 +15,31 @@ failing transaction is retried batch by batch so that one bad batch fails only
 its own caller.  ``ExtendLease`` (cluster mode) means nothing to a store that
 is not shared: it is accepted and ignored.
 
-File layout (schema version 1)::
+File layout (schema version 3; version 2 added the retry tables, version 3
+``schedules``)::
 
     meta(key TEXT PRIMARY KEY, value)            -- ('schema_version', 1)
     jobs(func BLOB, name BLOB, sched_at INTEGER, count INTEGER,
          timeout INTEGER, workload BLOB, PRIMARY KEY (func, name)) WITHOUT ROWID
     funcs(func BLOB PRIMARY KEY) WITHOUT ROWID
     configs(key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID
+    -- version 2: retry policies, attempt counts, the failed set
+    retry_policies(func BLOB PRIMARY KEY, max_attempts INTEGER, backoff TEXT,
+                   base REAL, cap REAL, jitter INTEGER) WITHOUT ROWID
+    job_attempts(func BLOB, name BLOB, attempts INTEGER,
+                 PRIMARY KEY (func, name)) WITHOUT ROWID
+    failed_jobs(func, name, workload, sched_at, count, timeout, attempts,
+                failed_at REAL, how TEXT, peer TEXT, data BLOB,
+                PRIMARY KEY (func, name)) WITHOUT ROWID
+    -- version 3: schedules kept by the server
+    schedules(func BLOB, name BLOB, cron TEXT, tz TEXT, workload BLOB,
+              timeout INTEGER, overlap TEXT, catch_up TEXT, last_tick INTEGER,
+              last_fired INTEGER, fired INTEGER, skipped INTEGER, queued INTEGER,
+              PRIMARY KEY (func, name)) WITHOUT ROWID
+
+Attempt counts live in a table of their own so that the hot statements on
+``jobs`` (PutJob, DeleteJob) never touch them: the scheduler writes a
+``SetAttempts`` of 0 wherever a count ends (see ``scheduler/retry.py``).
 
 One server per file: ``open`` takes an exclusive ``flock`` on the sidecar
 file ``<file>.lock`` (created if missing, never deleted: unlinking a lock
@@ -55,16 +73,32 @@ import trio
 from trio_periodic.protocol.job import Job
 from trio_periodic.store.base import (
     Change,
+    DeleteFailed,
     DeleteFunc,
     DeleteJob,
+    DeletePolicy,
+    DeleteSchedule,
     ExtendLease,
+    FailedJob,
+    PutFailed,
     PutFunc,
     PutJob,
+    PutPolicy,
+    PutSchedule,
+    RetryPolicy,
+    SetAttempts,
     SetConfig,
     StoredState,
     StoreError,
 )
-from trio_periodic.store.group import GroupCommitter, change_runs, gc_paused, split_outcomes
+from trio_periodic.store.group import (
+    SCHEDULE_COLUMNS,
+    GroupCommitter,
+    change_runs,
+    gc_paused,
+    schedule_row,
+    split_outcomes,
+)
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
@@ -86,8 +120,53 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Retry policies, attempt counts and the failed set (none in a version 1 file)."""
+    conn.execute(
+        "CREATE TABLE retry_policies ("
+        " func BLOB PRIMARY KEY NOT NULL,"
+        " max_attempts INTEGER NOT NULL,"  # 0: no limit
+        " backoff TEXT NOT NULL,"  # fixed | exponential
+        " base REAL NOT NULL, cap REAL NOT NULL,"  # seconds; cap 0: none
+        " jitter INTEGER NOT NULL) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE job_attempts ("
+        " func BLOB NOT NULL, name BLOB NOT NULL, attempts INTEGER NOT NULL,"
+        " PRIMARY KEY (func, name)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE failed_jobs ("
+        " func BLOB NOT NULL, name BLOB NOT NULL,"
+        " workload BLOB NOT NULL, sched_at INTEGER NOT NULL,"
+        " count INTEGER NOT NULL, timeout INTEGER NOT NULL,"
+        " attempts INTEGER NOT NULL,"
+        " failed_at REAL NOT NULL,"  # seconds since the epoch
+        " how TEXT NOT NULL, peer TEXT NOT NULL, data BLOB NOT NULL,"
+        " PRIMARY KEY (func, name)) WITHOUT ROWID"
+    )
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Schedules kept by the server (scheduler/schedules.py); times in epoch seconds."""
+    conn.execute(
+        "CREATE TABLE schedules ("
+        " func BLOB NOT NULL, name BLOB NOT NULL, cron TEXT NOT NULL, tz TEXT NOT NULL,"
+        " workload BLOB NOT NULL DEFAULT x'', timeout INTEGER NOT NULL DEFAULT 0,"
+        " overlap TEXT NOT NULL DEFAULT 'skip', catch_up TEXT NOT NULL DEFAULT 'none',"
+        " last_tick INTEGER NOT NULL DEFAULT 0, last_fired INTEGER NOT NULL DEFAULT 0,"
+        " fired INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,"
+        " queued INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (func, name)) WITHOUT ROWID"
+    )
+
+
 #: MIGRATIONS[i] upgrades a file at schema version i to version i + 1.
-MIGRATIONS: Final[list[Callable[[sqlite3.Connection], None]]] = [_migrate_to_1]
+MIGRATIONS: Final[list[Callable[[sqlite3.Connection], None]]] = [
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _SQL: Final[dict[type, tuple[str, ...]]] = {
@@ -97,9 +176,35 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
     ),
     DeleteJob: ("DELETE FROM jobs WHERE func = ? AND name = ?",),
     PutFunc: ("INSERT OR IGNORE INTO funcs (func) VALUES (?)",),
-    DeleteFunc: ("DELETE FROM jobs WHERE func = ?", "DELETE FROM funcs WHERE func = ?"),
+    DeleteFunc: (
+        "DELETE FROM jobs WHERE func = ?",
+        "DELETE FROM funcs WHERE func = ?",
+        "DELETE FROM job_attempts WHERE func = ?",
+        "DELETE FROM failed_jobs WHERE func = ?",
+    ),
     SetConfig: ("INSERT OR REPLACE INTO configs (key, value) VALUES (?, ?)",),
     ExtendLease: (),  # leases only mean something in a shared store
+    PutPolicy: (
+        "INSERT OR REPLACE INTO retry_policies (func, max_attempts, backoff, base, cap, jitter)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+    ),
+    DeletePolicy: ("DELETE FROM retry_policies WHERE func = ?",),
+    # A count of 0 deletes the row: one statement of the two does nothing.
+    SetAttempts: (
+        "INSERT OR REPLACE INTO job_attempts (func, name, attempts)"
+        " SELECT ?1, ?2, ?3 WHERE ?3 > 0",
+        "DELETE FROM job_attempts WHERE func = ?1 AND name = ?2 AND ?3 <= 0",
+    ),
+    PutFailed: (
+        "INSERT OR REPLACE INTO failed_jobs (func, name, workload, sched_at, count, timeout,"
+        " attempts, failed_at, how, peer, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ),
+    DeleteFailed: ("DELETE FROM failed_jobs WHERE func = ? AND name = ?",),
+    PutSchedule: (
+        f"INSERT OR REPLACE INTO schedules ({SCHEDULE_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ),
+    DeleteSchedule: ("DELETE FROM schedules WHERE func = ? AND name = ?",),
 }
 
 # Column order matches Job's positional fields: func, name, workload, sched_at,
@@ -267,6 +372,13 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for kind, rows in change_runs(changes):
+                if kind is SetAttempts:
+                    # Two statements per change, in order: a count set, ended
+                    # and set again in one run must end up set.
+                    for row in rows:
+                        for sql in _SQL[kind]:
+                            conn.execute(sql, row)
+                    continue
                 for sql in _SQL[kind]:
                     conn.executemany(sql, rows)
             conn.execute("COMMIT")
@@ -296,4 +408,29 @@ def _load(conn: sqlite3.Connection) -> StoredState:
         jobs = list(starmap(Job, conn.execute(_LOAD_JOBS)))
     funcs = {row[0] for row in conn.execute("SELECT func FROM funcs")}
     config = {key: value for key, value in conn.execute("SELECT key, value FROM configs")}
-    return StoredState(jobs=jobs, funcs=funcs, config=config)
+    policies = {
+        row[0]: RetryPolicy(row[1], row[2], row[3], row[4], bool(row[5]))
+        for row in conn.execute(
+            "SELECT func, max_attempts, backoff, base, cap, jitter FROM retry_policies"
+        )
+    }
+    # Only counts of jobs that exist (a count outliving its job means nothing).
+    attempts = {
+        (func, name): n
+        for func, name, n in conn.execute(
+            "SELECT a.func, a.name, a.attempts FROM job_attempts a"
+            " JOIN jobs j ON j.func = a.func AND j.name = a.name"
+        )
+    }
+    failed = [
+        FailedJob(Job(*row[:6]), *row[6:])
+        for row in conn.execute(
+            "SELECT func, name, workload, sched_at, count, timeout,"
+            " attempts, failed_at, how, peer, data FROM failed_jobs"
+        )
+    ]
+    schedules = [schedule_row(r) for r in conn.execute(f"SELECT {SCHEDULE_COLUMNS} FROM schedules")]
+    return StoredState(
+        jobs=jobs, funcs=funcs, config=config, policies=policies, attempts=attempts,
+        failed=failed, schedules=schedules,
+    )  # fmt: skip
