@@ -351,10 +351,11 @@ async def test_c10_server_only_codes_get_no_reply(server: RunningServer) -> None
 async def test_c11_keepalive_closes_silent_connections(server: RunningServer) -> None:
     """C11: CONFIG_SET keepalive N closes a connection silent for N s (N = 1 here).
 
-    Ours is enforced by a cancel scope per connection, so the window is tight
-    (the reference sweeps every 10 s).  A connection that was already silent
-    when the value changed is closed too (the value takes effect at once);
-    one that keeps sending PINGs stays open."""
+    Ours is timed per connection (a watch task wakes when the earliest one
+    is due), so the window is tight (the reference sweeps every 10 s).  A
+    connection that was already silent when the value changed is closed too
+    (the value takes effect at once); one that keeps sending PINGs stays
+    open."""
     with trio.fail_after(10):
         old_silent = await client(server)
         old_worker = await worker(server, b"f", grabs=(1,))
@@ -387,6 +388,24 @@ async def test_c11_keepalive_closes_silent_connections(server: RunningServer) ->
         await config_set(c, b"keepalive", 0)
         quiet = await client(server)
         assert not await quiet.closed_by_server(timeout=1.5)
+
+
+async def test_keepalive_closes_the_first_connection_after_a_quiet_spell(
+    server: RunningServer,
+) -> None:
+    """The keepalive watch sleeps while no connection is open; a new one wakes
+    it, so a silent connection opened then is still closed on time."""
+    with trio.fail_after(10):
+        admin = await client(server)
+        await config_set(admin, b"keepalive", 1)
+        await admin.aclose()
+        await trio.sleep(1.2)  # the watch has seen admin go and sleeps for good
+        t0 = trio.current_time()
+        silent = await client(server)
+        assert await silent.closed_by_server(timeout=4)
+        assert 0.8 <= trio.current_time() - t0 <= 1.8
+        admin = await client(server)
+        await config_set(admin, b"keepalive", 120)
 
 
 # ------------------------------------------------------------ submitting & scheduling

@@ -156,6 +156,7 @@ def server_connections() -> int:
         "worker_eof",
         "bad_frame",
         "bad_reg",
+        "keepalive",
     ],
 )
 async def test_a_closed_connection_is_freed_by_reference_counting(
@@ -186,6 +187,12 @@ async def test_a_closed_connection_is_freed_by_reference_counting(
             if how == "bad_frame":
                 await conn.stream.send_all(bad_crc_frame())
                 assert await conn.closed_by_server()
+            if how == "keepalive":  # closed by the server for its silence
+                assert isinstance(await conn.request(2, p.ConfigSet(b"keepalive", 1)), p.Success)
+                assert await conn.closed_by_server(timeout=3)
+                admin = await RawConn.open(server.tcp)
+                assert isinstance(await admin.request(1, p.ConfigSet(b"keepalive", 120)), p.Success)
+                await admin.aclose()
             await conn.aclose()
         with trio.move_on_after(2):
             while server_connections() > before:

@@ -72,6 +72,7 @@ from trio_periodic.protocol import (
     encode_registration,
     encode_registration_reply,
 )
+from trio_periodic.protocol.frames import decode_request
 from trio_periodic.protocol.packets import Packet
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -197,6 +198,7 @@ def test_packet_round_trip(cls: type[Packet]) -> None:
         assert decode_body(body) == (msgid, packet)
         assert decode_body(memoryview(body)) == (msgid, packet)
         assert decode_body(bytearray(body)) == (msgid, packet)  # type: ignore[arg-type]
+        assert decode_request(body) == (msgid, packet.cmd, packet)
 
     check()
 
@@ -532,6 +534,9 @@ def test_any_payload_after_valid_body_header(msgid: int, cmd: int, payload: byte
     result = remote_or(decode_body, body)
     if result is not None:
         assert result[0] == msgid
+    # The server's fast path agrees with the general decoder, errors included.
+    fast = remote_or(decode_request, body)
+    assert fast == (None if result is None else (msgid, cmd, result[1]))
 
 
 @MORE

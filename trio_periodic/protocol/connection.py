@@ -42,6 +42,7 @@ from .frames import (
     decode_body,
     decode_registration,
     decode_registration_reply,
+    decode_request,
     encode_frame,
     encode_registration,
     encode_registration_reply,
@@ -140,6 +141,22 @@ class ServerConnection(_Dead):
             self._failure = str(exc)
             raise
         return Request(msgid, packet)
+
+    def next_request(self) -> Registered | tuple[int, int, Packet] | None:
+        """:meth:`next_event` for the server's hot loop: a request comes as a
+        plain ``(msgid, cmd, packet)`` tuple instead of a :class:`Request`."""
+        self._check_alive()
+        try:
+            body = self._reader.next_body()
+            if body is None:
+                return None
+            if self.registration is None:
+                self.registration = decode_registration(body)
+                return Registered(self.registration)
+            return decode_request(body)
+        except RemoteProtocolError as exc:
+            self._failure = str(exc)
+            raise
 
     def next_events(self) -> list[Registered | Request]:
         """Decode every complete frame buffered so far."""

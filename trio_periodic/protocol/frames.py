@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from . import _wire as w
 from .constants import MAGIC_REQ, MAGIC_RES, ClientType, Cmd
 from .errors import LocalProtocolError, RemoteProtocolError
-from .packets import Packet, decode_at, encode_payload
+from .packets import EMPTY_PACKETS, Packet, decode_at, encode_payload
 
 __all__ = [
     "Registration",
     "decode_body",
     "decode_registration",
     "decode_registration_reply",
+    "decode_request",
     "encode_frame",
     "encode_raw_frame",
     "encode_registration",
@@ -69,6 +70,27 @@ def decode_body(body: bytes | memoryview) -> tuple[int, Packet]:
             f"frame body of {len(body)} bytes is shorter than msgid + command"
         ) from None
     return msgid, decode_at(cmd, body, 5)
+
+
+_N_CMDS = len(EMPTY_PACKETS)
+
+
+def decode_request(body: bytes | memoryview) -> tuple[int, int, Packet]:
+    """:func:`decode_body` plus the command code: ``(msgid, cmd, packet)``.
+
+    The server's hot path: a request without payload (GRAB_JOB,
+    JOB_ASSIGNED, PING...) is its shared packet, with no decoder call."""
+    try:
+        msgid, cmd = _MSGID_CMD.unpack_from(body, 0)
+    except struct.error:
+        raise RemoteProtocolError(
+            f"frame body of {len(body)} bytes is shorter than msgid + command"
+        ) from None
+    if len(body) == 5 and cmd < _N_CMDS:
+        packet = EMPTY_PACKETS[cmd]
+        if packet is not None:
+            return msgid, cmd, packet
+    return msgid, cmd, decode_at(cmd, body, 5)
 
 
 # --- registration ----------------------------------------------------------------------

@@ -601,6 +601,13 @@ _DECODER_TABLE: dict[Cmd, _Decoder] = {
 
 _DECODER_TABLE.update({cls.cmd: _dec_constant(cls()) for cls in _EMPTY})  # type: ignore[call-arg]
 
+#: Indexed by command code: the shared packet of a command without fields
+#: (None for the others), so that a frame with an empty payload skips the
+#: decoder table.
+EMPTY_PACKETS: list[Packet | None] = [None] * (max(Cmd) + 1)
+for _cls in _EMPTY:
+    EMPTY_PACKETS[_cls.cmd] = _DECODER_TABLE[_cls.cmd](b"", 0)[0]
+
 #: Indexed by command code; a list lookup is the cheapest dispatch available.
 #: Codes between the reference's last one and ours are invalid.
 #: (A KeyError here at import time means a command has no decoder.)

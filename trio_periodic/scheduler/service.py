@@ -152,7 +152,8 @@ class SchedulerService:
     def finish_batch(self) -> tuple[list[Effect], list[Change]]:
         """Dispatch after a batch of core calls; return its effects and changes."""
         core = self.core
-        core.dispatch(self.clock.now())
+        if core.candidates:  # else dispatch has nothing to do (and no clock to read)
+            core.dispatch(self.clock.now())
         self.poke()
         effects, changes = core.take_effects(), core.take_changes()
         if changes and self.shared:

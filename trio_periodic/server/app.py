@@ -37,7 +37,7 @@ from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.service import Clock, SchedulerService
 from trio_periodic.server.auth import AuthFile
 from trio_periodic.server.commands import COMMANDS
-from trio_periodic.server.connection import ConnectionContext, ServerSideConnection
+from trio_periodic.server.connection import ConnectionContext, ServerSideConnection, watch_idle
 from trio_periodic.server.http import HTTP_PREFIXES, HttpApi
 from trio_periodic.server.ops.base import describe_worker
 from trio_periodic.server.options import (
@@ -181,6 +181,7 @@ class Server:
                 if self.auth is not None:
                     nursery.start_soon(self.auth.watch)
                 async with trio.open_nursery() as self._conns:
+                    self._conns.start_soon(watch_idle, self._conn_context)
                     async with trio.open_nursery() as accepting:
                         for url in self.urls:
                             await self._listen(accepting, url)

@@ -23,6 +23,11 @@ the limit for its keepalive is closed.  Frames other connections push here
 (job assignments, streamed DATA) cannot be held back: past twice the limit
 the connection is closed at once.  Either way its jobs are handed back.
 
+A peer silent for ``keepalive`` seconds is closed by ``watch_idle``, one
+task per server that wakes when the earliest connection is due and cancels
+the reader's scope if it still waits for bytes (a cancel scope per read
+would cost more than the rest of a small request).
+
 On a drain (graceful shutdown) a connection that holds no job closes as soon
 as its last batch is acknowledged; one that holds jobs stays until they are
 reported or the server's drain timeout ends.
@@ -40,16 +45,16 @@ from dataclasses import dataclass, field
 
 import trio
 
-from trio_periodic.protocol.connection import Registered, Request, ServerConnection
+from trio_periodic.protocol.connection import Registered, ServerConnection
 from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.errors import RemoteProtocolError
 from trio_periodic.protocol.frames import Registration, encode_raw_frame
-from trio_periodic.protocol.packets import Packet
+from trio_periodic.protocol.packets import PACKET_TYPES, Packet
 from trio_periodic.scheduler.effects import Assign, Effect
 from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server.auth import FUNC_CHECKED, AuthFile, Identity, packet_funcs, permits
-from trio_periodic.server.commands import CLIENT_COMMANDS, SERVER_ONLY, CommandTable
+from trio_periodic.server.commands import CLIENT_COMMANDS, SERVER_ONLY, CommandTable, Handler
 from trio_periodic.store.base import Change, StoreError
 from trio_periodic.transport.streams import ConnectionLost, FrameStream
 
@@ -65,6 +70,13 @@ STALL_LIMIT = 300
 FRAME_COST = 64
 #: Frames decoded and handled together (one commit, one write).
 MAX_BATCH = 512
+#: Command codes a worker connection may send when there is no auth file.
+_EVERY_CMD = frozenset(range(256))
+#: ... and a client connection (PROTOCOL.md §13.3; server-only codes are ignored).
+_CLIENT_CMDS = frozenset(CLIENT_COMMANDS | SERVER_ONLY | {Cmd.UNKNOWN})
+
+#: A decoded frame: the registration, or a request ``(msgid, cmd, packet)``.
+Event = Registered | tuple[int, int, Packet]
 
 
 @dataclass(slots=True)
@@ -90,6 +102,17 @@ class ConnectionContext:
     max_outbox: int = MAX_OUTBOX_BYTES
     #: Set by the server on shutdown: connections close once they hold no job.
     draining: bool = False
+    #: ``commands`` by command code (built from it; a dict lookup by int is
+    #: what the hot path can afford).
+    by_cmd: dict[int, Handler] = field(init=False)
+    #: When :func:`watch_idle` looks at the connections next (trio time), and
+    #: the event that makes it look sooner.
+    idle_check_at: float = math.inf
+    idle_wake: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        table = self.commands
+        self.by_cmd = {cmd: table[cls] for cmd, cls in PACKET_TYPES.items() if cls in table}
 
 
 @dataclass(slots=True)
@@ -106,7 +129,9 @@ class ServerSideConnection:
         self.context = context
         self.service = context.service
         self.core = context.service.core
-        self._commands = context.commands
+        self._by_cmd = context.by_cmd
+        #: Command codes that need no role or auth check (set on registration).
+        self._unchecked: frozenset[int] = frozenset()
         self.stream = stream
         self.proto = ServerConnection(max_frame_size=context.max_frame_size)
         self._state: ConnState | None = None
@@ -133,9 +158,13 @@ class ServerSideConnection:
         self._acked = trio.Event()
         self._ack_started = False
         self._nursery: trio.Nursery
-        #: trio time of the last bytes received, and the scope of the idle wait.
+        #: trio time of the last bytes received (watch_idle closes the
+        #: connection keepalive seconds later).
         self._last_rx = trio.current_time()
-        self._idle: trio.CancelScope | None = None
+        #: The reader's scope, cancelled to stop reading (keepalive, drain),
+        #: and True while the reader waits for bytes (only then is it cancelled).
+        self._read_scope = trio.CancelScope()
+        self._waiting = False
         #: While over the outbox limit: the wait for room, and since when (trio time).
         self._stall: trio.CancelScope | None = None
         self._stalled_since = 0.0
@@ -144,7 +173,8 @@ class ServerSideConnection:
         #: True while the writer task is in the middle of a send.
         self._sending = False
         self._sent = 0
-        self._sent_event = trio.Event()
+        #: Set after the next write; made only when someone waits for it.
+        self._sent_event: trio.Event | None = None
 
     @property
     def state(self) -> ConnState:
@@ -162,10 +192,11 @@ class ServerSideConnection:
                 self._max_outbox,
             )
             self._scope.cancel()
+        # No wake-up of the writer here: every push is followed by a
+        # flush_eagerly, which wakes it only for what the socket did not take.
         self._pushed += 1
         self._out.append(frame)
         self._out_bytes += len(frame) + FRAME_COST
-        self._has_output.set()
 
     @property
     def backlog(self) -> int:
@@ -182,8 +213,15 @@ class ServerSideConnection:
         reader stops after the batch that reports its last one)."""
         if not self.holds_jobs:
             self._closing = True
-            if self._idle is not None:
-                self._idle.cancel()
+            if self._waiting:
+                self._read_scope.cancel()
+
+    def close_if_waiting(self) -> None:
+        """Keepalive: the peer has been silent too long.  Stop reading if the
+        reader waits for bytes; a busy reader checks for itself before its
+        next read (see _read_loop)."""
+        if self._waiting:
+            self._read_scope.cancel()
 
     def arm_after_flush(self, msgid: int) -> None:
         self._batch_arms.append(msgid)
@@ -195,11 +233,12 @@ class ServerSideConnection:
         """CONFIG_SET keepalive: re-time the idle wait of every open connection."""
         for conn in self.context.connections:
             conn._set_idle_deadline()
+        self.context.idle_wake.set()
 
     def _set_idle_deadline(self) -> None:
+        """Re-time the wait for room in the outbox (the idle wait for bytes is
+        timed by watch_idle)."""
         keepalive = self.core.config["keepalive"]
-        if self._idle is not None:
-            self._idle.deadline = self._last_rx + keepalive if keepalive else math.inf
         if self._stall is not None:
             self._stall.deadline = self._stalled_since + (keepalive or STALL_LIMIT)
 
@@ -209,6 +248,9 @@ class ServerSideConnection:
         peer = self.stream.peer
         live = self.context.connections
         live.add(self)
+        keepalive = self.core.config["keepalive"]
+        if keepalive and self._last_rx + keepalive < self.context.idle_check_at:
+            self.context.idle_wake.set()
         # except*: the nursery wraps even its body's exceptions in an
         # ExceptionGroup; a plain except would let one bad frame escape and
         # take the whole server down.
@@ -279,8 +321,10 @@ class ServerSideConnection:
     async def _flushed(self) -> None:
         """Wait until the writer has sent every frame queued so far."""
         target = self._pushed
+        if self._out:
+            self._has_output.set()
         while self._sent < target:
-            await self._sent_event.wait()
+            await self._next_write()
 
     async def _detach(self) -> None:
         if self._state is None:
@@ -290,21 +334,39 @@ class ServerSideConnection:
             await self.service.settle()
 
     async def _read_loop(self) -> None:
+        scope = self._read_scope
+        with scope:
+            await self._read_batches()
+        if scope.cancel_called and not self._closing:
+            log.info(
+                "closing %s: silent for %d s (keepalive)",
+                self.stream.peer,
+                self.core.config["keepalive"],
+            )
+
+    async def _read_batches(self) -> None:
+        """Read and handle until the peer is done, silent for keepalive
+        seconds, or the connection closes.
+
+        The reader has one cancel scope for its whole life (a scope per read
+        costs more than the rest of a small request): ``watch_idle`` cancels
+        it only while the reader waits for bytes, and bytes that arrive as it
+        does are dropped, as a close a moment earlier would have."""
         proto = self.proto
+        scope = self._read_scope
+        config = self.core.config
         while True:
-            with trio.CancelScope() as idle:
-                self._idle = idle
-                self._set_idle_deadline()
-                data = await self.stream.receive_some()
-            self._idle = None
-            if self._closing:
+            keepalive = config["keepalive"]
+            if keepalive and trio.current_time() - self._last_rx >= keepalive:
+                # Busy (waiting for room) until after its keepalive ran out.
+                scope.cancel()
                 return
-            if idle.cancelled_caught:
-                log.info(
-                    "closing %s: silent for %d s (keepalive)",
-                    self.stream.peer,
-                    self.core.config["keepalive"],
-                )
+            self._waiting = True
+            try:
+                data = await self.stream.receive_some()
+            finally:
+                self._waiting = False
+            if self._closing or scope.cancel_called:
                 return
             self._last_rx = trio.current_time()
             if not data:
@@ -316,9 +378,9 @@ class ServerSideConnection:
             # outbox stay as bytes in the decoder, not as packet objects.
             error: RemoteProtocolError | None = None
             while True:
-                events: list[Registered | Request] = []
+                events: list[Event] = []
                 try:
-                    while len(events) < MAX_BATCH and (event := proto.next_event()) is not None:
+                    while len(events) < MAX_BATCH and (event := proto.next_request()) is not None:
                         events.append(event)
                 except RemoteProtocolError as exc:
                     error = exc
@@ -351,7 +413,7 @@ class ServerSideConnection:
             self._stall = stall
             self._set_idle_deadline()
             while self.backlog > self._max_outbox:
-                await self._sent_event.wait()
+                await self._next_write()
         self._stall = None
         if stall.cancelled_caught:
             raise ConnectionLost(
@@ -361,7 +423,7 @@ class ServerSideConnection:
 
     # ----------------------------------------------------------- batches
 
-    async def _handle(self, events: list[Registered | Request]) -> list[Registered | Request]:
+    async def _handle(self, events: list[Event]) -> list[Event]:
         """Run a batch of requests; return those left for later because the
         outbox filled up (the caller waits for room first)."""
         core = self.core
@@ -373,25 +435,23 @@ class ServerSideConnection:
         replies: list[tuple[int, bytes]] = []
         room = self._max_outbox - self.backlog
         queued = 0
-        rest: list[Registered | Request] = []
+        rest: list[Event] = []
+        by_cmd = self._by_cmd
+        unchecked = self._unchecked
         for i, event in enumerate(events):
             if queued > room:
                 rest = events[i:]
                 break
             if isinstance(event, Registered):
-                if self._state is not None:
-                    raise RemoteProtocolError("second registration frame")
-                reg = event.registration
-                self.registration = reg
-                self._state = core.connect(reg.is_worker, sink=self)
-                self.push_frame(self.proto.accept(self.context.new_conn_id()))
+                self._register(event)
+                unchecked = self._unchecked
                 continue
-            msgid, packet = event.msgid, event.packet
-            if not self._allowed(packet):
+            msgid, cmd, packet = event
+            if cmd not in unchecked and not self._allowed(packet):
                 immediate.append(encode_raw_frame(msgid, Cmd.NO_WORKER))
                 continue
             before = len(core.changes)
-            reply = self._commands[type(packet)](self, msgid, packet, now)
+            reply = by_cmd[cmd](self, msgid, packet, now)
             if reply is not None:
                 queued += len(reply) + FRAME_COST
                 if durable and len(core.changes) != before:
@@ -428,6 +488,18 @@ class ServerSideConnection:
             await self._acks_send.send(_PendingAcks(changes, replies, effects, size))
         return rest
 
+    def _register(self, event: Registered) -> None:
+        if self._state is not None:
+            raise RemoteProtocolError("second registration frame")
+        reg = event.registration
+        self.registration = reg
+        self._state = self.core.connect(reg.is_worker, sink=self)
+        if self.context.auth is not None:
+            self._unchecked = SERVER_ONLY
+        else:
+            self._unchecked = _EVERY_CMD if reg.is_worker else _CLIENT_CMDS
+        self.push_frame(self.proto.accept(self.context.new_conn_id()))
+
     def _allowed(self, packet: Packet) -> bool:
         """Role and auth checks (PROTOCOL.md §13.3), in the reference's order."""
         cmd = packet.cmd
@@ -453,20 +525,25 @@ class ServerSideConnection:
         takes it without blocking: this saves a wake-up of the writer task per
         batch, which is most of the cost of a reply.  Whatever does not fit is
         left to the writer.  Returns True when slots were armed (the caller
-        should dispatch)."""
+        should dispatch).  The writer task is woken only for what is left."""
         if self._sending or not self._out:
+            if self._out or self._arms:
+                self._has_output.set()
             return False
         frames = self._out
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
             written = self.stream.try_send(data)
         except ConnectionLost:
-            return False  # the writer meets the same error and ends the connection
+            # The writer meets the same error and ends the connection.
+            self._has_output.set()
+            return False
         if written < len(data):
             if written:
                 self._out = [data[written:]]
                 self._out_bytes = len(data) - written + FRAME_COST
                 self._count_sent(len(frames) - 1)
+            self._has_output.set()
             return False
         self._out = []
         self._out_bytes = 0
@@ -476,8 +553,16 @@ class ServerSideConnection:
     def _count_sent(self, n: int) -> None:
         if n:
             self._sent += n
-            self._sent_event.set()
+            event = self._sent_event
+            if event is not None:
+                self._sent_event = None
+                event.set()
+
+    async def _next_write(self) -> None:
+        """Wait until the next frames are on the wire."""
+        if self._sent_event is None:
             self._sent_event = trio.Event()
+        await self._sent_event.wait()
 
     def _run_arms(self, arms: list[int]) -> bool:
         """Arm the slots whose GRAB_JOB replies are on the wire."""
@@ -507,3 +592,37 @@ class ServerSideConnection:
                 self._count_sent(count)
             if self._run_arms(arms):
                 await self.service.settle()
+
+
+async def watch_idle(context: ConnectionContext) -> None:
+    """Close the connections silent for ``keepalive`` seconds (one task per server).
+
+    Each connection notes when it last received bytes; this task sleeps until
+    the earliest moment one of them may have been silent that long, then
+    stops the readers that have been (a CONFIG_SET of keepalive or a new
+    connection wakes it sooner).  Only a reader waiting for bytes is stopped;
+    a busy one checks for itself before it reads again."""
+    while True:
+        check_at = _close_idle(context)
+        context.idle_check_at = check_at
+        context.idle_wake = trio.Event()
+        with trio.move_on_at(check_at):
+            await context.idle_wake.wait()
+
+
+def _close_idle(context: ConnectionContext) -> float:
+    """Stop the readers silent for keepalive; return when to look again.
+
+    (A function of its own so that no connection stays referenced by the
+    watch's frame while it sleeps: a closed connection is freed at once.)"""
+    keepalive = context.service.core.config["keepalive"]
+    now = trio.current_time()
+    check_at = math.inf
+    if keepalive:
+        for conn in list(context.connections):
+            due = conn._last_rx + keepalive
+            if due <= now:
+                conn.close_if_waiting()
+            elif due < check_at:
+                check_at = due
+    return check_at

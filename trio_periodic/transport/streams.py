@@ -77,6 +77,8 @@ class ByteFrameStream:
         # returning 0 leaves every write to send().
         self._fd: int = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._reads = 0
+        #: The last read found nothing: wait for bytes before reading.
+        self._wait_first = False
         # TCP (not Unix) sockets, under TLS too: the socket to send quick ACKs on.
         raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         self._tcp = (
@@ -100,24 +102,36 @@ class ByteFrameStream:
 
     async def _receive_direct(self) -> bytes:
         self._reads += 1
-        if self._reads % YIELD_EVERY:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
+        # A peer that answers each reply (a worker) has sent nothing yet when
+        # we come back to read: after a read found nothing, wait first and
+        # skip the read bound to fail.  Every YIELD_EVERY-th read reads first
+        # (and yields) to notice a peer that pipelines again.
+        probe = not self._reads % YIELD_EVERY
+        wait = self._wait_first and not probe
+        if probe:
             await trio.lowlevel.checkpoint()
+        elif not wait:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             fd = self._fd
             if fd < 0:
                 raise ConnectionLost("connection closed")
+            if wait:
+                try:
+                    await trio.lowlevel.wait_readable(fd)  # a checkpoint too
+                except trio.ClosedResourceError as exc:
+                    raise ConnectionLost("connection closed") from exc
+                waited = True
             try:
                 n = os.readv(fd, [_RECEIVE_BUFFER])
             except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_readable(fd)
-                except trio.ClosedResourceError as exc:
-                    raise ConnectionLost("connection closed") from exc
+                wait = self._wait_first = True
                 continue
             except OSError as exc:
                 raise ConnectionLost(exc.strerror or type(exc).__name__) from exc
+            if not waited:
+                self._wait_first = False
             return bytes(_RECEIVE_VIEW[:n])
 
     async def send(self, frames: list[bytes]) -> None:
