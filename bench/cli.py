@@ -16,14 +16,7 @@ from bench.pg import Cluster, Databases, ensure_postgres
 from bench.scenarios import SCENARIOS
 from bench.servers import ALL_SERVERS, OURS, PEERS, make_specs
 
-DEFAULT_SERVERS = (
-    "periodic-memory",
-    "periodic-sqlite",
-    "periodic-pg",
-    "beanstalkd",
-    "gearmand",
-    "redis",
-)
+DEFAULT_SERVERS = ALL_SERVERS
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
