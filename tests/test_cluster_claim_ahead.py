@@ -5,8 +5,6 @@ The service with a fake shared store that records each claim, on MockClock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
 import trio
 import trio.testing
@@ -16,8 +14,7 @@ from test_scheduler_service import add_worker
 from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import Scheduler
-from trio_periodic.scheduler.service import AHEAD_FRESH, CLAIM_AHEAD, Clock, SchedulerService
-from trio_periodic.store.base import Change, PutJob
+from trio_periodic.scheduler.service import AHEAD_FRESH, Clock, SchedulerService
 
 
 @pytest.fixture
@@ -92,58 +89,3 @@ async def test_a_stale_claim_ahead_is_claimed_again(mock_clock: trio.testing.Moc
             assert isinstance(packet, JobAssign) and packet.job.name == b"b"
             nursery.cancel_scope.cancel()
     assert store.claims == [[b"a", b"b"], [b"b"]]
-
-
-class PutClaimingStore(FakeSharedStore):
-    """Claims on put as PostgresStore does: every put with a lease wins; the
-    puts and their leases are recorded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.put_claims_refused: set[tuple[bytes, bytes]] = set()
-        self.leases: dict[bytes, float | None] = {}
-
-    async def commit(self, changes: Sequence[Change]) -> None:
-        for c in changes:
-            if isinstance(c, PutJob):
-                self.leases[c.job.name] = c.lease
-        await trio.sleep(0.003)  # a transaction's round trip and WAL flush
-
-
-async def test_due_jobs_without_a_taker_are_claimed_by_their_own_put(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    """Under load a slot that frees up takes the next due job at once: the put
-    that stored it also claimed it, so no claim transaction per slot turn.
-    Jobs not due yet, and jobs of a function with no worker here, are not
-    claimed (another server's workers may take them)."""
-    clock = Clock()
-    store = PutClaimingStore()
-    svc = SchedulerService(Scheduler(), store, clock)
-    names = [b"j%d" % i for i in range(CLAIM_AHEAD + 6)]
-    delivered: list[bytes] = []
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(svc.run)
-            conn, outbox = add_worker(svc, b"f", slots=1)
-            now = clock.now()
-            for name in names:
-                svc.core.submit(Job(b"f", name), now)
-            svc.core.submit(Job(b"f", b"later", sched_at=int(now) + 3600), now)
-            svc.core.submit(Job(b"nobody", b"x"), now)
-            await svc.settle()
-            for _ in range(10):
-                _, msgid, packet = await outbox.next()
-                assert isinstance(packet, JobAssign)
-                delivered.append(packet.job.name)
-                svc.core.work_done(conn, b"f", packet.job.name, b"")
-                svc.core.add_slot(conn, msgid)
-                await svc.settle()
-            leases = dict(store.leases)  # (on the way out the stock is handed back)
-            nursery.cancel_scope.cancel()
-    assert delivered == names[:10]
-    assert store.claims == []  # every one went out on its put's claim
-    leased = [n for n in names if leases[n] is not None]
-    # The stock of claims ahead is bounded: the taken job plus CLAIM_AHEAD waiting.
-    assert leased == names[: CLAIM_AHEAD + 1]
-    assert leases[b"later"] is None and leases[b"x"] is None

@@ -133,10 +133,6 @@ class SchedulerService:
         #: Cluster mode: puts that claim their job (PutJob.lease) being
         #: committed: handle → (when the claim was asked, the assignment).
         self._put_claims: dict[tuple[bytes, bytes], tuple[float, Assign]] = {}
-        #: Cluster mode: due jobs put without a taker yet, claimed by their own
-        #: put so that a slot that frees up takes them without a round trip:
-        #: handle → (when the claim was asked, the PutJob carrying it).
-        self._put_ahead: dict[tuple[bytes, bytes], tuple[float, PutJob]] = {}
         self._claims_on_put = hasattr(store, "put_claims_refused")
         #: While a claim ahead is in flight: the jobs put, deleted or changed
         #: elsewhere meanwhile (their claim ahead is not to be trusted).
@@ -157,9 +153,9 @@ class SchedulerService:
         self.poke()
         effects, changes = core.take_effects(), core.take_changes()
         if changes and self.shared:
-            if self._ahead or self._claiming is not None or self._put_ahead:
+            if self._ahead or self._claiming is not None:
                 self._forget_ahead(changes)
-            if self._claims_on_put:
+            if self._claims_on_put and effects:
                 changes = self._claim_on_put(effects, changes)
         return effects, changes
 
@@ -177,21 +173,15 @@ class SchedulerService:
         self._forget(gone)
 
     def _forget(self, handles: Iterable[tuple[bytes, bytes]]) -> None:
-        ahead, claiming, put_ahead = self._ahead, self._claiming, self._put_ahead
+        ahead, claiming = self._ahead, self._claiming
         for handle in handles:
             ahead.pop(handle, None)
-            put_ahead.pop(handle, None)
             if claiming is not None:
                 claiming.add(handle)  # a claim ahead in flight must not keep it
 
     def _claim_on_put(self, effects: list[Effect], changes: list[Change]) -> list[Change]:
         """Jobs handed out in the batch that puts them: claim them in the same
-        write (``PutJob.lease``), one transaction instead of a put and a claim.
-
-        Due jobs put without a taker are claimed the same way while the stock
-        of jobs claimed ahead is under CLAIM_AHEAD and this server has a
-        worker for them: under load the next free slot takes them at once,
-        where a claim of their own would cost a transaction per slot turn."""
+        write (``PutJob.lease``), one transaction instead of a put and a claim."""
         last: dict[tuple[bytes, bytes], int] = {}
         for i, c in enumerate(changes):
             if isinstance(c, PutJob):
@@ -217,22 +207,6 @@ class SchedulerService:
             assert isinstance(put, PutJob)
             out[i] = PutJob(put.job, e.job.timeout + LEASE_GRACE)
             self._put_claims[handle] = (now, e)
-        room = CLAIM_AHEAD - len(self._ahead) - len(self._put_ahead)
-        for handle, i in last.items():
-            if room <= 0:
-                break
-            put = out[i]
-            assert isinstance(put, PutJob)
-            if put.lease is not None or put.job.sched_at > now:
-                continue
-            if not self.core.worker_count(handle[0]):
-                continue
-            if out is changes:
-                out = list(changes)
-            claimed = PutJob(put.job, self.core.effective_timeout(put.job) + LEASE_GRACE)
-            out[i] = claimed
-            self._put_ahead[handle] = (now, claimed)
-            room -= 1
         return out
 
     async def commit(self, changes: Sequence[Change]) -> None:
@@ -253,7 +227,7 @@ class SchedulerService:
             await self.store.commit(changes)
             ok = True
         finally:
-            if self._put_claims or self._put_ahead:
+            if self._put_claims:
                 self._took_put_claims(changes, ok)
             for handle in puts:
                 left = committing[handle] - 1
@@ -272,16 +246,6 @@ class SchedulerService:
             if not isinstance(c, PutJob) or c.lease is None:
                 continue
             handle = (c.job.func, c.job.name)
-            ahead = self._put_ahead.get(handle)
-            if ahead is not None and ahead[1] is c:
-                # Claimed with no taker: stocked unless a later change of ours
-                # or another server's touched the job meanwhile (_forget).
-                del self._put_ahead[handle]
-                if handle in refused:
-                    refused.discard(handle)
-                elif ok:
-                    self._ahead[handle] = ahead[0]
-                continue
             claim = self._put_claims.pop(handle, None)
             if handle in refused:
                 refused.discard(handle)
