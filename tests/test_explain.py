@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import trio
@@ -206,3 +207,19 @@ def test_periodic_explain_prints_the_reason_and_fails_for_an_unknown_job(daemon)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
     assert "no job f/zzz" in missing.stderr
+
+
+def test_a_scheduled_job_before_its_first_tick_names_its_schedule() -> None:
+    core = Scheduler()
+    schedule = {"func": "rep", "name": "nightly", "cron": "30 2 * * *"}
+    added = ask(core, {"op": "schedule_add", **schedule})
+    assert added["ok"], added
+    answer = ask(core, {"op": "explain", "func": "rep", "name": "nightly"})["result"]
+    assert (answer["state"], answer["reasons"]) == ("scheduled", ["schedule_next"])
+    tick = answer["schedule"]["next_run"]
+    assert tick > NOW and time.gmtime(tick)[3:6] == (2, 30, 0)  # 02:30 UTC, the default zone
+    assert answer["text"][0] == "No job yet: a schedule kept by the server submits it."
+    assert answer["text"][1].startswith("Submitted by schedule 30 2 * * * (UTC), next tick at ")
+    # Without the schedule there is nothing to explain.
+    assert ask(core, {"op": "schedule_remove", "func": "rep", "name": "nightly"})["ok"]
+    assert ask(core, {"op": "explain", "func": "rep", "name": "nightly"})["status"] == 404

@@ -70,7 +70,8 @@ class ScheduleNote:
 class Explanation:
     func: bytes
     name: bytes
-    #: ``pending``, ``running``, ``locked`` or ``elsewhere``.
+    #: ``pending``, ``running``, ``locked``, ``elsewhere``, ``failed`` or
+    #: ``scheduled`` (no job yet; a schedule submits it at its next tick).
     state: str
     #: When the job is (or was) due, epoch seconds.
     run_at: float
@@ -102,11 +103,15 @@ def explain(core: Scheduler, func: bytes, name: bytes, now: float) -> Explanatio
     """The state of job ``func/name`` and why it is not running, or None if
     the server has no such job."""
     out = _explain_job(core, func, name, now)
-    if out is not None and core.schedules.entries:
-        entry = core.schedules.entries.get((func, name))
-        if entry is not None:
-            nxt = entry.next_tick if entry.next_tick != float("inf") else None
-            out.schedule = ScheduleNote(entry.row.cron, entry.row.tz, nxt)
+    entry = core.schedules.entries.get((func, name)) if core.schedules.entries else None
+    if entry is None:
+        return out
+    nxt = entry.next_tick if entry.next_tick != float("inf") else None
+    if out is None:
+        # No job yet: its schedule has not fired (or its last run ended).
+        out = Explanation(func, name, "scheduled", nxt if nxt is not None else now)
+        out.reasons.append("schedule_next")
+    out.schedule = ScheduleNote(entry.row.cron, entry.row.tz, nxt)
     return out
 
 

@@ -63,6 +63,8 @@ def _sentences(ctx: OpContext, ex: Explanation) -> list[str]:
         elif reason == "elsewhere":
             until = f" until {local_time(ex.lease_until)}" if ex.lease_until else ""
             lines.append(f"Held by another server sharing the store{until}.")
+        elif reason == "schedule_next":
+            lines.append("No job yet: a schedule kept by the server submits it.")
         elif reason == "retrying":
             of = f" of {ex.max_attempts}" if ex.max_attempts else ""
             lines.append(
