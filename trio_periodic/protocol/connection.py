@@ -128,18 +128,10 @@ class ServerConnection(_Dead):
 
     def next_event(self) -> Registered | Request | None:
         """Decode one buffered frame; None if no complete frame is buffered."""
-        self._check_alive()
-        try:
-            body = self._reader.next_body()
-            if body is None:
-                return None
-            if self.registration is None:
-                self.registration = decode_registration(body)
-                return Registered(self.registration)
-            msgid, packet = decode_body(body)
-        except RemoteProtocolError as exc:
-            self._failure = str(exc)
-            raise
+        event = self.next_request()
+        if event is None or isinstance(event, Registered):
+            return event
+        msgid, _, packet = event
         return Request(msgid, packet)
 
     def next_request(self) -> Registered | tuple[int, int, Packet] | None:

@@ -112,6 +112,12 @@ def parse_auth_file(text: str, source: str = "auth file") -> dict[bytes, Identit
     return identities
 
 
+def visible_funcs(identity: Identity | None) -> frozenset[bytes] | None:
+    """The functions ``identity`` may see and touch, or None for all (no auth
+    file, or an admin)."""
+    return None if identity is None or identity.is_admin else identity.funcs
+
+
 def permits(identity: Identity, cmd: Cmd, funcs: AbstractSet[bytes]) -> bool:
     """May ``identity`` send ``cmd`` touching ``funcs``?  (Role checks come first.)"""
     if identity.is_admin:

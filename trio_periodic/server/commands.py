@@ -17,7 +17,7 @@ from trio_periodic.protocol.frames import encode_raw_frame
 from trio_periodic.protocol.job import encode_job_list
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.state import ConnState
-from trio_periodic.server.auth import Identity
+from trio_periodic.server.auth import Identity, visible_funcs
 from trio_periodic.server.ops.base import OpContext, describe_worker
 from trio_periodic.server.ops.table import handle_request
 
@@ -119,8 +119,7 @@ def recv_data(c: CommandContext, msgid: int, pkt: p.RecvData, now: float) -> byt
 
 
 def status(c: CommandContext, msgid: int, pkt: p.Status, now: float) -> bytes:
-    identity = c.identity
-    funcs = identity.funcs if identity is not None and not identity.is_admin else None
+    funcs = visible_funcs(c.identity)
     return encode_raw_frame(msgid, Cmd.DATA, c.core.status(now, funcs))
 
 

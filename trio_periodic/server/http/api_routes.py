@@ -30,10 +30,10 @@ from trio_periodic.server.http.messages import (
     _ok,
     _query_int,
     _text,
-    _text_arg,
 )
 from trio_periodic.server.ops import retry as retry_ops
 from trio_periodic.server.ops.base import OpContext, OpError, describe_worker
+from trio_periodic.server.ops.base import text as op_arg
 from trio_periodic.server.ops.table import lookup
 
 
@@ -169,7 +169,7 @@ class ApiRoutes:
             await self._commit()
             return _ok()
         if len(rest) == 3 and rest[2] == b"explain" and method == b"GET":
-            return await self._op("explain", {"func": _text(func), "name": _text(name)}, caller)
+            return await self._op("explain", {"func": op_arg(func), "name": op_arg(name)}, caller)
         if len(rest) == 3 and rest[2] == b"run" and method == b"POST":
             caller.require(Cmd.SUBMIT_JOB, func)
             if self.core.entry(func, name) is None:
@@ -194,7 +194,7 @@ class ApiRoutes:
                 raise HttpError(400, "the body is not JSON") from None
             if not isinstance(args, dict):
                 raise HttpError(400, "the body must be a JSON object")
-        return await self._op(name, {**args, "func": _text_arg(func)}, caller)
+        return await self._op(name, {**args, "func": op_arg(func)}, caller)
 
     async def _api_failed(
         self, method: bytes, parts: list[bytes], query: dict[bytes, list[bytes]], caller: Caller
@@ -203,15 +203,15 @@ class ApiRoutes:
         ``DELETE /api/failed/<func>[/<name>]``."""
         if not parts and method == b"GET":
             func = query.get(b"func", [b""])[0]
-            args: dict[str, Any] = {"func": _text_arg(func)} if func else {}
+            args: dict[str, Any] = {"func": op_arg(func)} if func else {}
             return await self._op("failed_list", args, caller)
         if len(parts) == 3 and parts[2] == b"retry" and method == b"POST":
-            args = {"func": _text_arg(parts[0]), "names": [_text_arg(parts[1])]}
+            args = {"func": op_arg(parts[0]), "names": [op_arg(parts[1])]}
             return await self._op("failed_retry", args, caller)
         if len(parts) in (1, 2) and method == b"DELETE":
-            args = {"func": _text_arg(parts[0])}
+            args = {"func": op_arg(parts[0])}
             if len(parts) == 2:
-                args["names"] = [_text_arg(parts[1])]
+                args["names"] = [op_arg(parts[1])]
             return await self._op("failed_purge", args, caller)
         raise HttpError(404, "no such route")
 
@@ -225,7 +225,7 @@ class ApiRoutes:
             return await self._op("schedule_list", {}, caller)
         if len(rest) != 2:
             raise HttpError(404, "no such route")
-        handle = {"func": _text_arg(rest[0]), "name": _text_arg(rest[1])}
+        handle = {"func": op_arg(rest[0]), "name": op_arg(rest[1])}
         if method == b"DELETE":
             return await self._op("schedule_remove", handle, caller)
         if method != b"PUT":

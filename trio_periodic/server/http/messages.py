@@ -16,7 +16,7 @@ from typing import Any
 import h11
 
 from trio_periodic.protocol.constants import Cmd
-from trio_periodic.server.auth import Identity, permits
+from trio_periodic.server.auth import Identity, permits, visible_funcs
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ class Caller:
     @property
     def visible(self) -> frozenset[bytes] | None:
         """The functions this caller may see, or None for all."""
-        identity = self.identity
-        return None if identity is None or identity.is_admin else identity.funcs
+        return visible_funcs(self.identity)
 
     def require(self, cmd: Cmd, *funcs: bytes) -> None:
         """Raise 403 unless the caller may do ``cmd`` on ``funcs`` (binary rules)."""
@@ -93,11 +92,6 @@ def _ok() -> Response:
 
 def _text(name: bytes) -> str:
     return name.decode("utf-8", errors="backslashreplace")
-
-
-def _text_arg(name: bytes) -> str:
-    """A name from the URL as an operation's argument (bytes survive the trip)."""
-    return name.decode("utf-8", "surrogateescape")
 
 
 class HttpError(Exception):

@@ -22,7 +22,7 @@ from typing import Any
 
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.state import ConnState
-from trio_periodic.server.auth import Identity
+from trio_periodic.server.auth import Identity, visible_funcs
 
 __all__ = ["Op", "OpContext", "OpError", "describe_worker", "name_arg", "text"]
 
@@ -51,8 +51,7 @@ class OpContext:
     @property
     def visible(self) -> frozenset[bytes] | None:
         """The functions the caller may see, or None for all."""
-        identity = self.identity
-        return None if identity is None or identity.is_admin else identity.funcs
+        return visible_funcs(self.identity)
 
     def check_func(self, func: bytes) -> None:
         """403 unless the caller may touch ``func``."""
