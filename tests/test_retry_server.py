@@ -132,16 +132,22 @@ def test_retry_get_shows_limit_and_backoff_kind() -> None:
     assert core.policies == {}
 
 
+def fail_for_good(core: Scheduler, func: bytes, name: bytes, now: float) -> None:
+    """Give ``func`` a one-attempt policy and fail job ``name`` once: it lands
+    in the failed set."""
+    core.set_policy(func, RetryPolicy(max_attempts=1))
+    w = core.connect(is_worker=True)
+    core.can_do(w, func)
+    core.add_slot(w, 1)
+    core.submit(Job(func, name), now)
+    core.tick(now)
+    core.work_fail(w, func, name, now)
+
+
 def failed_core() -> Scheduler:
     core = Scheduler()
     for func in (b"mine", b"theirs"):
-        core.set_policy(func, RetryPolicy(max_attempts=1))
-        w = core.connect(is_worker=True)
-        core.can_do(w, func)
-        core.add_slot(w, 1)
-        core.submit(Job(func, b"a"), NOW)
-        core.tick(NOW)
-        core.work_fail(w, func, b"a", NOW)
+        fail_for_good(core, func, b"a", NOW)
     core.take_changes()
     return core
 
@@ -355,13 +361,7 @@ async def test_http_retry_routes_follow_the_identity(tmp_path: Path) -> None:
         core = srv.core
         now = srv.service.clock.now()
         for func in (b"mail", b"other"):
-            core.set_policy(func, RetryPolicy(max_attempts=1))
-            w = core.connect(is_worker=True)
-            core.can_do(w, func)
-            core.add_slot(w, 1)
-            core.submit(Job(func, b"x"), now)
-            core.tick(now)
-            core.work_fail(w, func, b"x", now)
+            fail_for_good(core, func, b"x", now)
         body = b'{"max_attempts": 3}'
         assert (await http(port, "PUT", "/api/funcs/other/retry", body, ALICE))[0] == 403
         assert (await http(port, "PUT", "/api/funcs/mail/retry", body, ALICE))[0] == 200
