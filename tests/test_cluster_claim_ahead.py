@@ -14,7 +14,9 @@ from test_scheduler_service import add_worker
 from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import Scheduler
+from trio_periodic.scheduler.effects import Assign
 from trio_periodic.scheduler.service import AHEAD_FRESH, Clock, SchedulerService
+from trio_periodic.store.base import PutJob
 
 
 @pytest.fixture
@@ -89,3 +91,49 @@ async def test_a_stale_claim_ahead_is_claimed_again(mock_clock: trio.testing.Moc
             assert isinstance(packet, JobAssign) and packet.job.name == b"b"
             nursery.cancel_scope.cancel()
     assert store.claims == [[b"a", b"b"], [b"b"]]
+
+
+class PutClaimingStore(FakeSharedStore):
+    """Claims puts' jobs in the same write (``PutJob.lease``), like PostgreSQL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_claims_refused: set[tuple[bytes, bytes]] = set()
+
+
+async def test_only_assignments_riding_on_the_batchs_put_wait_for_its_commit(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A batch that submits a job and hands it out claims it by its put: that
+    assignment waits for the commit.  An assignment of a job committed before
+    needs no part of this commit and goes out at once (through the claimer)."""
+    clock = Clock()
+    store = PutClaimingStore()
+    svc = SchedulerService(Scheduler(), store, clock)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run)
+            svc.core.submit(Job(b"f", b"old"), clock.now() - 10)  # due first
+            _, changes = svc.finish_batch()
+            await svc.commit(changes)
+            add_worker(svc, b"f", slots=2)
+            svc.core.submit(Job(b"f", b"new"), clock.now())
+            effects, changes = svc.finish_batch()
+            assert [c.lease is not None for c in changes if isinstance(c, PutJob)] == [True]
+            assert svc.committing((b"f", b"new"))  # from the batch on, not from the commit on
+            early, later = svc.before_commit(effects)
+            assert [e.job.name for e in early if isinstance(e, Assign)] == [b"old"]
+            assert [e.job.name for e in later if isinstance(e, Assign)] == [b"new"]
+            await svc.commit(changes)
+            assert not svc.committing((b"f", b"new"))
+            nursery.cancel_scope.cancel()
+
+
+async def test_abandoned_changes_stop_being_waited_for(mock_clock: trio.testing.MockClock) -> None:
+    clock = Clock()
+    svc = SchedulerService(Scheduler(), PutClaimingStore(), clock)
+    svc.core.submit(Job(b"f", b"x"), clock.now())
+    _, changes = svc.finish_batch()
+    assert svc.committing((b"f", b"x"))
+    svc.abandon(changes)
+    assert not svc.committing((b"f", b"x"))

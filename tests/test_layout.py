@@ -128,9 +128,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_every_part_is_a_folder() -> None:
-    loose = sorted(
-        path.name for path in ROOT.glob("*.py") if path.name not in TOP_LEVEL_FILES
-    )
+    loose = sorted(path.name for path in ROOT.glob("*.py") if path.name not in TOP_LEVEL_FILES)
     assert loose == [], f"modules at the top of {PACKAGE}/ (move them into a part): {loose}"
 
 

@@ -46,6 +46,7 @@ async def _scenario(a: str, b: str) -> None:
         await eventually(lambda: _policy(on_b), "the policy on b")
         await on_a.submit_job("f", "x", b"work")
         await fail_once(b, "f")  # attempt 1, counted on b
+
         # The count reached a: the next failure, on a, is the last one.
         async def counted_on_a() -> bool:
             return bool((await on_a.explain("f", "x"))["failures"] == 1)

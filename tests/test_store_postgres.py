@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -32,6 +33,7 @@ from trio_periodic.store.base import (
 pytest.importorskip("psycopg")
 import psycopg
 
+from trio_periodic.store import postgres
 from trio_periodic.store.pg_notify import MAX_PAYLOAD, change_lines, parse, payloads
 from trio_periodic.store.pg_sql import one_statement
 from trio_periodic.store.postgres import (
@@ -207,21 +209,20 @@ async def test_connection_dying_mid_commit_is_retried(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = PostgresStore(url, retry_delay=0.05)
-    real = store._transaction
+    real = postgres.run_single
     attempts = 0
 
-    def dies_once(changes: list[Change]) -> None:
+    async def dies_once(conn: Any, *args: Any) -> Any:
         nonlocal attempts
         attempts += 1
-        if attempts == 1:
-            assert store._pool is not None
-            with store._pool.connection() as conn:  # the backend dies under us
-                conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-        real(changes)
+        if attempts == 1:  # the backend dies under us, just before the statement
+            with _admin(url) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return await real(conn, *args)
 
     with trio.fail_after(TIMEOUT):
         await store.open()
-        monkeypatch.setattr(store, "_transaction", dies_once)
+        monkeypatch.setattr(postgres, "run_single", dies_once)
         await store.commit([PutJob(Job(b"f", b"retried"))])
         await store.aclose()
         assert attempts == 2

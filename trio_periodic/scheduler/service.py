@@ -157,7 +157,67 @@ class SchedulerService:
                 self._forget_ahead(changes)
             if self._claims_on_put and effects:
                 changes = self._claim_on_put(effects, changes)
+            self._will_commit(changes)
         return effects, changes
+
+    def _will_commit(self, changes: Sequence[Change]) -> None:
+        """Cluster mode: the jobs these changes put have no row yet; a claim
+        of one waits for the commit (``_claim``).  Counted from the moment
+        the batch is finished, not when its commit starts, since assignments
+        of other jobs may be claimed before then (``before_commit``)."""
+        committing = self._committing
+        for c in changes:
+            if isinstance(c, PutJob):
+                handle = (c.job.func, c.job.name)
+                committing[handle] = committing.get(handle, 0) + 1
+
+    def _committed_puts(self, changes: Sequence[Change]) -> None:
+        committing = self._committing
+        for c in changes:
+            if isinstance(c, PutJob):
+                handle = (c.job.func, c.job.name)
+                left = committing.get(handle, 0) - 1
+                if left > 0:
+                    committing[handle] = left
+                else:
+                    committing.pop(handle, None)
+        self._committed.set()
+        self._committed = trio.Event()
+
+    def committing(self, handle: tuple[bytes, bytes]) -> bool:
+        """Cluster mode: whether a put of this job is waiting for its commit."""
+        return handle in self._committing
+
+    def abandon(self, changes: Sequence[Change]) -> None:
+        """Changes of finished batches that will never be committed (their
+        connection could not wait for the store any longer)."""
+        if self.shared:
+            self._committed_puts(changes)
+
+    def before_commit(self, effects: list[Effect]) -> tuple[list[Effect], list[Effect]]:
+        """Split a batch's effects into (what may go out before its changes
+        are committed, what must wait for the commit).
+
+        Handing a job to a worker acknowledges nothing to its submitter, so
+        assignments need not wait (replies and RUN_JOB results do).  In
+        cluster mode the job must be claimed first: the assignments whose
+        claim rides on this batch's put (``PutJob.lease``) wait for the
+        commit; the others go through the claimer now, which waits for any
+        put of their job still being committed."""
+        early: list[Effect] = [e for e in effects if isinstance(e, Assign)]
+        if not early:
+            return [], effects
+        put_claims = self._put_claims
+        if put_claims:
+            early = [
+                e for e in early
+                if isinstance(e, Assign)
+                and put_claims.get((e.job.func, e.job.name), (0.0, None))[1] is not e
+            ]  # fmt: skip
+        if not early:
+            return [], effects
+        chosen = {id(e) for e in early}
+        return early, [e for e in effects if id(e) not in chosen]
 
     def _forget_ahead(self, changes: Sequence[Change]) -> None:
         """Our own put clears our claim on the row (and a delete removes it):
@@ -216,12 +276,6 @@ class SchedulerService:
         if not self.shared:
             await self.store.commit(changes)
             return
-        # Cluster mode: a job dispatched before its put committed has no row to
-        # claim yet; the claimer waits for these (see _claim).
-        puts = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob)]
-        committing = self._committing
-        for handle in puts:
-            committing[handle] = committing.get(handle, 0) + 1
         ok = False
         try:
             await self.store.commit(changes)
@@ -229,14 +283,7 @@ class SchedulerService:
         finally:
             if self._put_claims:
                 self._took_put_claims(changes, ok)
-            for handle in puts:
-                left = committing[handle] - 1
-                if left:
-                    committing[handle] = left
-                else:
-                    del committing[handle]
-            self._committed.set()
-            self._committed = trio.Event()
+            self._committed_puts(changes)
 
     def _took_put_claims(self, changes: Sequence[Change], ok: bool) -> None:
         """After the commit of puts that claimed their job: the ones the store

@@ -50,7 +50,7 @@ from trio_periodic.protocol.constants import Cmd
 from trio_periodic.protocol.errors import RemoteProtocolError
 from trio_periodic.protocol.frames import Registration, encode_raw_frame
 from trio_periodic.protocol.packets import PACKET_TYPES, Packet
-from trio_periodic.scheduler.effects import Assign, Effect
+from trio_periodic.scheduler.effects import Effect
 from trio_periodic.scheduler.service import SchedulerService
 from trio_periodic.scheduler.state import ConnState
 from trio_periodic.server.auth import FUNC_CHECKED, AuthFile, Identity, packet_funcs, permits
@@ -316,6 +316,13 @@ class ServerSideConnection:
                         self.push_frame(frame)
                 self.service.flush([self])
         finally:
+            # Cancelled with batches still queued (the store would not answer):
+            # they are never committed, and their puts must stop being waited for.
+            while True:
+                try:
+                    self.service.abandon(self._acks_recv.receive_nowait().changes)
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
             self._acked.set()
 
     async def _flushed(self) -> None:
@@ -463,14 +470,10 @@ class ServerSideConnection:
         if not wait:
             # Nothing to wait for: assignments first (dispatch latency), then replies.
             await self.service.publish(effects)
-        elif not self.service.shared:
-            # Handing a job to a worker acknowledges nothing to its submitter,
-            # so assignments need not wait for the commit (RUN_JOB results do).
-            # In cluster mode a job must be in the store before it is claimed.
-            assigns: list[Effect] = [e for e in effects if isinstance(e, Assign)]
-            if assigns:
-                effects = [e for e in effects if not isinstance(e, Assign)]
-                await self.service.publish(assigns)
+        else:
+            early, effects = self.service.before_commit(effects)
+            if early:
+                await self.service.publish(early)
         for frame in immediate:
             self.push_frame(frame)
         self._arms.extend(self._batch_arms)

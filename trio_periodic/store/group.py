@@ -235,18 +235,18 @@ def change_row(change: Change) -> tuple[Any, ...]:
     raise TypeError(f"not a store change: {change!r}")
 
 
-def split_outcomes(
+async def split_outcomes(
     batches: list[Sequence[Change]],
-    run_one: Callable[[Iterable[Change]], None],
+    run_one: Callable[[Iterable[Change]], Awaitable[None]],
     worth_splitting: Callable[[Exception], bool] = lambda exc: True,
 ) -> list[BaseException | None]:
     """Run all batches in one transaction; if that fails, each in its own.
 
-    Runs on the worker thread.  Splitting is skipped when ``worth_splitting``
-    says the error would fail every batch anyway (the database is unreachable).
+    Splitting is skipped when ``worth_splitting`` says the error would fail
+    every batch anyway (the database is unreachable).
     """
     try:
-        run_one(chain.from_iterable(batches))
+        await run_one(chain.from_iterable(batches))
         return [None] * len(batches)
     except Exception as exc:
         if len(batches) == 1 or not worth_splitting(exc):
@@ -254,7 +254,7 @@ def split_outcomes(
     outcome: list[BaseException | None] = []
     for batch in batches:
         try:
-            run_one(batch)
+            await run_one(batch)
             outcome.append(None)
         except Exception as exc:
             outcome.append(exc)

@@ -13,9 +13,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Any, Final
 
-import psycopg
-
-from trio_periodic.store import pg_retry
+from trio_periodic.store import pg_retry, pg_trio
 from trio_periodic.store.base import (
     Change,
     DeleteFunc,
@@ -38,7 +36,7 @@ from trio_periodic.store.pg_notify import (
 )
 
 #: A connection of the store's pool.
-Conn = psycopg.Connection[Any]
+Conn = pg_trio.Conn
 
 # Statements for the rare kinds, run with executemany (one row per change).
 _SQL: Final[dict[type, tuple[str, ...]]] = {
@@ -113,20 +111,49 @@ LOAD_LEASES: Final = (
     f"SELECT func, name, lease_until - {DB_NOW} FROM periodic_jobs"
     f" WHERE claimed_by IS NOT NULL AND lease_until > {DB_NOW}"
 )
-# Lock the rows in key order: two servers claiming overlapping sets then wait
-# for each other instead of deadlocking, and the second sees the first's claim.
-LOCK_FOR_CLAIM: Final = (
-    f"SELECT j.func, j.name, j.claimed_by, j.lease_until - {DB_NOW} FROM periodic_jobs j"
-    " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
-    " ON j.func = v.func AND j.name = v.name"
-    " ORDER BY j.func, j.name FOR UPDATE OF j"
-)
-# v.secs: seconds the lease lasts from now.
+# A claim as one statement: lock the rows in key order (two servers claiming
+# overlapping sets then wait for each other instead of deadlocking, and the
+# second sees the first's claim once it has the lock), claim those that are
+# free, notify if anything was claimed, and return the claimed handles and the
+# holders' leases of the others (seconds left on the database's clock).
 CLAIM: Final = (
-    f"UPDATE periodic_jobs j SET claimed_by = %s, lease_until = {DB_NOW} + v.secs"
-    " FROM unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, secs)"
-    " WHERE j.func = v.func AND j.name = v.name"
+    "WITH v AS (SELECT * FROM unnest(%s::bytea[], %s::bytea[], %s::float8[])"
+    " AS v(func, name, secs)),"
+    f" l AS (SELECT j.func, j.name, j.lease_until - {DB_NOW} AS left_s,"
+    " (j.claimed_by IS NULL OR j.claimed_by = %s OR j.lease_until IS NULL"
+    f" OR j.lease_until < {DB_NOW}) AS free"
+    " FROM periodic_jobs j JOIN v ON j.func = v.func AND j.name = v.name"
+    " ORDER BY j.func, j.name FOR UPDATE OF j),"
+    f" c AS (UPDATE periodic_jobs j SET claimed_by = %s, lease_until = {DB_NOW} + v.secs"
+    " FROM l JOIN v ON v.func = l.func AND v.name = l.name"
+    " WHERE l.free AND j.func = l.func AND j.name = l.name RETURNING j.func, j.name),"
+    " n AS (SELECT pg_notify(%s, m) IS NULL AS sent FROM unnest(%s::text[]) AS m"
+    " WHERE EXISTS (SELECT 1 FROM c))"
+    " SELECT (SELECT count(sent) FROM n),"
+    " (SELECT array_agg(func) FROM c), (SELECT array_agg(name) FROM c),"
+    " (SELECT array_agg(func) FROM l WHERE NOT free),"
+    " (SELECT array_agg(name) FROM l WHERE NOT free),"
+    " (SELECT array_agg(left_s) FROM l WHERE NOT free)"
 )
+
+
+def claim_params(wanted: dict[Handle, float], me: str, notes: list[str]) -> tuple[Any, ...]:
+    """CLAIM's parameters: ``wanted`` maps each job to its lease's seconds."""
+    handles = sorted(wanted)
+    return (
+        [h[0] for h in handles], [h[1] for h in handles], [wanted[h] for h in handles],
+        me, me, CHANNEL, notes,
+    )  # fmt: skip
+
+
+def claim_outcome(row: tuple[Any, ...]) -> tuple[set[Handle], dict[Handle, float]]:
+    """(the jobs claimed, the others' seconds left of their holder's lease)
+    from CLAIM's row.  A job in neither has no row."""
+    _, won_f, won_n, held_f, held_n, held_left = row
+    won = set(zip(won_f or (), won_n or (), strict=True))
+    held = dict(zip(zip(held_f or (), held_n or (), strict=True), held_left or (), strict=True))
+    return won, held
+
 
 # Of the jobs put with a claim, those the write left claimed by us.
 _PUT_CLAIMED: Final = (
@@ -215,11 +242,13 @@ def _batched(kind: type, run: list[Change], me: str, now: float) -> tuple[str, t
 _BATCHED: Final = (PutJob, DeleteJob, ExtendLease)
 
 
-def run_single(conn: Conn, statement: tuple[str, tuple[Any, ...]], claimed: bool) -> set[Handle]:
-    """Run a transaction made one statement (``one_statement``); the jobs its
-    puts left claimed by us."""
-    with conn.cursor(binary=True) as cur:
-        row = cur.execute(*statement).fetchone()
+async def run_single(
+    conn: Conn, statement: tuple[str, tuple[Any, ...]], claimed: bool
+) -> set[Handle]:
+    """Run a transaction made one statement (``one_statement``) on the trio
+    thread; the jobs its puts left claimed by us."""
+    rows = await pg_trio.fetch(conn, *statement)
+    row = rows[0] if rows else None
     if not claimed or row is None or row[-1] is None:
         return set()
     return set(zip(row[-2], row[-1], strict=True))

@@ -2,24 +2,29 @@
 
 Theory of operation
 -------------------
-psycopg 3's *sync* API on worker threads (its async API needs asyncio) with a
-small ``psycopg_pool.ConnectionPool``.  Commits go through the same
-``GroupCommitter`` as the SQLite store: concurrent ``commit`` calls are merged
-into one transaction, applied in call order, and each call returns after the
-COMMIT holding its changes returned (``synchronous_commit`` as the server
-has it; PostgreSQL's default fsyncs the WAL).
+psycopg 3 (its async API needs asyncio, so the hot statements are driven
+on the trio thread by ``pg_trio.py``; the rest runs its sync API on worker
+threads).  Two *lanes* each keep one connection of a small
+``psycopg_pool.ConnectionPool`` and use it one caller at a time: commits,
+and claims plus schedule firings (so claims never wait behind commits).
+The pool only hands out and re-creates connections.  Commits go through the
+same ``GroupCommitter`` as the SQLite store: concurrent ``commit`` calls are
+merged into one transaction, applied in call order, and each call returns
+after the COMMIT holding its changes returned (``synchronous_commit`` as the
+server has it; PostgreSQL's default fsyncs the WAL).
 
 A transaction of puts, deletes and lease extensions of distinct jobs is one
-statement in autocommit mode; anything else is a BEGIN ... COMMIT block in
-pipeline mode (one round trip).  Either way the hot kinds go as one statement
-per run over arrays (``unnest``); the SQL lives in ``pg_sql.py``.
+statement in autocommit mode, run on the trio thread; anything else is a
+BEGIN ... COMMIT block in pipeline mode (one round trip) on a worker thread.
+Either way the hot kinds go as one statement per run over arrays
+(``unnest``); the SQL lives in ``pg_sql.py``.  A claim is one statement too.
 
-A lost connection while committing is retried a few times with exponential
-backoff on a fresh connection from the pool.  When the pool has none to
-give within ``connect_timeout`` the database is down: the call fails at
-once instead of waiting that long again for each retry, so that callers
-hear within about ``connect_timeout`` (10 s by default) and can answer
-their clients.  Replaying a transaction is safe
+A lost connection is retried a few times with exponential backoff on a
+fresh connection from the pool.  When the pool has none to give within
+``connect_timeout`` the database is down: the call fails at once instead of
+waiting that long again for each retry, so that callers hear within about
+``connect_timeout`` (10 s by default) and can answer their clients.
+Replaying a transaction is safe
 even if the lost COMMIT in fact went through: every change sets a key to a
 value that does not depend on what was there, so applying the same sequence
 twice leaves the same rows.  When the retries run out every caller in that
@@ -30,10 +35,11 @@ Cluster mode (``shared = True``)
 Every server keeps the whole job set in RAM and mirrors the others:
 
 * A job is handed out only after ``claim`` wrote ``claimed_by = server_id``
-  and ``lease_until`` (epoch seconds) on its row.  ``claim`` first locks the
-  rows with ``SELECT … ORDER BY func, name FOR UPDATE``, so two servers
-  claiming overlapping sets lock in the same order (no deadlock) and the
-  second one sees the first one's claim: each row is claimed by exactly one.
+  and ``lease_until`` (epoch seconds) on its row.  ``claim``'s statement
+  first locks the rows with ``SELECT … ORDER BY func, name FOR UPDATE``, so
+  two servers claiming overlapping sets lock in the same order (no deadlock)
+  and the second one sees the first one's claim: each row is claimed by
+  exactly one.
   A lease that ran out (its server died) can be claimed by anyone.
 * A ``PutJob`` with a ``lease`` (a job handed out as it is submitted) writes
   our claim with the row, in the same transaction; a check in that
@@ -100,7 +106,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from itertools import starmap
 from typing import Final, TypeVar
@@ -110,7 +116,7 @@ import psycopg_pool
 import trio
 
 from trio_periodic.protocol.job import Job
-from trio_periodic.store import pg_retry
+from trio_periodic.store import pg_retry, pg_trio
 from trio_periodic.store.base import (
     Change,
     PutJob,
@@ -142,12 +148,13 @@ from trio_periodic.store.pg_sql import (
     JOB_EXISTS,
     LOAD_JOBS,
     LOAD_LEASES,
-    LOCK_FOR_CLAIM,
     LOCK_SCHEDULE,
     NOTIFY_ALL,
     PUT_SCHEDULED_JOB,
     UPDATE_SCHEDULE,
     Conn,
+    claim_outcome,
+    claim_params,
     one_statement,
     run_block,
     run_single,
@@ -164,6 +171,15 @@ class _ConnectionTrouble(StoreError):
 
 
 _Pool = psycopg_pool.ConnectionPool[Conn]
+
+
+class _Lane:
+    """A connection kept out of the pool for one kind of work, used by one
+    caller at a time (``PostgresStore._on_lane``)."""
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.conn: Conn | None = None
 
 
 def _migrate_to_1(conn: Conn) -> None:
@@ -254,7 +270,7 @@ class PostgresStore:
         connect_timeout: float = 10.0,  # seconds, for open and for each reconnect
         retries: int = 3,
         retry_delay: float = 0.2,  # seconds before the first retry; doubles
-        pool_size: int = 2,
+        pool_size: int = 2,  # connections; at least one per lane
         clock: Callable[[], float] = time.time,  # epoch seconds, for leases
     ) -> None:
         self.uri = redact_uri(uri)
@@ -265,7 +281,7 @@ class PostgresStore:
         self._connect_seconds = max(1, round(connect_timeout))  # libpq wants whole seconds
         self._retries = retries
         self._retry_delay = retry_delay
-        self._pool_size = max(1, pool_size)
+        self._pool_size = max(2, pool_size)
         self._clock = clock
         #: Number of transactions committed (group commit makes it << calls).
         self.commits = 0
@@ -275,9 +291,9 @@ class PostgresStore:
         self.put_claims_refused: set[Handle] = set()
         self._pool: _Pool | None = None
         self._closed = False
-        self._limiter = trio.CapacityLimiter(1)
-        # Claims do not wait behind commits: they use a pooled connection of their own.
-        self._claim_limiter = trio.CapacityLimiter(1)
+        # Claims do not wait behind commits: each lane has a connection of its own.
+        self._commits = _Lane()
+        self._claims = _Lane()
         self._committer = GroupCommitter(self._apply)
         #: The jobs the scheduler may hold, for the resync (trio thread only).
         self._known = KnownJobs()
@@ -288,9 +304,7 @@ class PostgresStore:
     async def open(self) -> StoredState:
         if self._pool is not None or self._closed:
             raise StoreError(f"{self.uri}: store already opened")
-        pool, listener, state = await trio.to_thread.run_sync(
-            self._open_sync, limiter=self._limiter
-        )
+        pool, listener, state = await trio.to_thread.run_sync(self._open_sync)
         self._pool = pool
         self._listener = listener
         self._listeners.add(listener)
@@ -323,10 +337,20 @@ class PostgresStore:
             raise StoreError(f"{self.uri}: store is not open")
         if not claims:
             return {}
-        return await trio.to_thread.run_sync(
-            self._retrying, partial(self._claim_sync, claims), "claim",
-            limiter=self._claim_limiter,
-        )  # fmt: skip
+        wanted = {(func, name): until for func, name, until in claims}
+
+        async def attempt(conn: Conn) -> dict[Handle, float | None]:
+            now = self._clock()
+            params = claim_params(
+                {h: until - now for h, until in wanted.items()},
+                self.server_id,
+                payloads(claim_lines(self.server_id, wanted)),
+            )
+            rows = await pg_trio.fetch(conn, CLAIM, params)
+            won, held = claim_outcome(rows[0])
+            return {h: (None if h not in held else now + held[h]) for h in wanted if h not in won}
+
+        return await self._on_lane(self._claims, "claim", attempt)
 
     async def fire_schedule(
         self, func: bytes, name: bytes, decide: ScheduleDecision
@@ -335,23 +359,20 @@ class PostgresStore:
         docstring); the new row and the job submitted, or None (no row)."""
         if self._pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is not open")
-        out = await trio.to_thread.run_sync(
-            self._retrying, partial(self._fire_sync, func, name, decide), "schedule",
-            limiter=self._claim_limiter,
+        out = await self._on_lane(
+            self._claims, "schedule",
+            lambda conn: trio.to_thread.run_sync(self._fire_sync, conn, func, name, decide),
         )  # fmt: skip
         if out is not None and out[1] is not None:
             self._known.submitted(self._known.submitting([PutJob(out[1])]))
         return out
 
     def _fire_sync(
-        self, func: bytes, name: bytes, decide: ScheduleDecision
+        self, conn: Conn, func: bytes, name: bytes, decide: ScheduleDecision
     ) -> tuple[ScheduleRow, Job | None] | None:
-        pool = self._pool
-        if pool is None:
-            raise StoreError(f"{self.uri}: store is closed")
         me = self.server_id
         try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
+            with conn.transaction(), conn.cursor(binary=True) as cur:
                 # The lock orders the servers; the job is looked up in a later
                 # statement, so it sees what the previous holder committed.
                 cur.execute(LOCK_SCHEDULE, (func, name))
@@ -424,9 +445,11 @@ class PostgresStore:
                 await trio.to_thread.run_sync(listener.stop)
             self._listeners.clear()
             self._listener = None
+            for lane in (self._commits, self._claims):
+                _close_lane(lane)
             pool, self._pool = self._pool, None
             if pool is not None:
-                await trio.to_thread.run_sync(pool.close, limiter=self._limiter)
+                await trio.to_thread.run_sync(pool.close)
 
     # -- watching (trio side) -----------------------------------------------------
 
@@ -531,7 +554,7 @@ class PostgresStore:
             # Autocommit: a single statement is its own transaction (see
             # one_statement); everything else opens a block with transaction().
             kwargs={"connect_timeout": self._connect_seconds, "autocommit": True},
-            min_size=1,
+            min_size=2,  # one per lane
             max_size=self._pool_size,
             open=False,
             # No check on checkout: it costs a round trip per transaction; a
@@ -586,95 +609,86 @@ class PostgresStore:
         return int(row[0])
 
     async def _apply(self, batches: list[Sequence[Change]]) -> list[BaseException | None]:
-        return await trio.to_thread.run_sync(
-            split_outcomes,
-            batches,
-            self._transaction_retrying,
-            _worth_splitting,
-            limiter=self._limiter,
-        )
+        return await split_outcomes(batches, self._transaction, _worth_splitting)
 
-    def _transaction_retrying(self, changes: Iterable[Change]) -> None:
-        changes = list(changes)  # may be replayed
-        self._retrying(partial(self._transaction, changes), "commit")
-
-    def _retrying(self, fn: Callable[[], _T], what: str) -> _T:
-        """``fn()``, again on a fresh connection (with backoff) when the connection
-        broke or PostgreSQL rolled the transaction back (deadlock)."""
-        delay = self._retry_delay
-        for attempt in range(self._retries + 1):
-            try:
-                return fn()
-            except psycopg_pool.PoolTimeout as exc:
-                # The pool has been trying to connect for connect_timeout: waiting
-                # that long again per retry would only hold every caller longer.
-                raise _ConnectionTrouble(
-                    f"{self.uri}: {what} failed: no connection to the database"
-                    f" within {self._connect_timeout:g} s"
-                ) from exc
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if self._pool is None or attempt == self._retries:
+    async def _on_lane(self, lane: _Lane, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """``await fn(conn)`` on ``lane``'s connection, one caller at a time;
+        again on a fresh connection (with backoff) when the connection broke
+        or PostgreSQL rolled the transaction back (deadlock)."""
+        async with lane.lock:
+            delay = self._retry_delay
+            for attempt in range(self._retries + 1):
+                try:
+                    if lane.conn is not None and (lane.conn.closed or lane.conn.broken):
+                        await self._give_back(lane)  # say, closed by a cancelled statement
+                    conn = lane.conn
+                    if conn is None:
+                        conn = lane.conn = await self._checkout()
+                    return await fn(conn)
+                except psycopg_pool.PoolTimeout as exc:
+                    # The pool has been trying to connect for connect_timeout:
+                    # waiting that long again per retry would only hold every
+                    # caller longer.
                     raise _ConnectionTrouble(
-                        f"{self.uri}: {what} failed after {attempt + 1} attempts: {exc}"
+                        f"{self.uri}: {what} failed: no connection to the database"
+                        f" within {self._connect_timeout:g} s"
                     ) from exc
-            time.sleep(delay)  # on the worker thread: the next call waits for us anyway
-            delay *= 2
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    if lane.conn is not None and (lane.conn.closed or lane.conn.broken):
+                        await self._give_back(lane)  # a deadlock victim's is kept
+                    if self._pool is None or attempt == self._retries:
+                        raise _ConnectionTrouble(
+                            f"{self.uri}: {what} failed after {attempt + 1} attempts: {exc}"
+                        ) from exc
+                await trio.sleep(delay)
+                delay *= 2
         raise AssertionError("unreachable")
 
-    def _transaction(self, changes: list[Change]) -> None:
+    async def _checkout(self) -> Conn:
         pool = self._pool
-        if pool is None:
+        if pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is closed")
-        me, now = self.server_id, self._clock()
-        changes = without_moot_extensions(changes)
-        notes = payloads(change_lines(me, changes))
-        claimed = [(c.job.func, c.job.name) for c in changes if isinstance(c, PutJob) and c.lease]
-        single = one_statement(changes, notes, bool(claimed), me, now)
+        return await trio.to_thread.run_sync(pool.getconn)
+
+    async def _give_back(self, lane: _Lane) -> None:
+        """Return a broken connection to the pool, which replaces it."""
+        conn, lane.conn = lane.conn, None
+        pool = self._pool
+        if conn is not None and pool is not None:
+            await trio.to_thread.run_sync(pool.putconn, conn)
+
+    async def _transaction(self, changes: Iterable[Change]) -> None:
+        changes = list(changes)  # may be replayed
+        claimed: list[Handle] = []
+
+        async def attempt(conn: Conn) -> set[Handle]:
+            me, now = self.server_id, self._clock()
+            batch = without_moot_extensions(changes)
+            notes = payloads(change_lines(me, batch))
+            claimed[:] = [
+                (c.job.func, c.job.name) for c in batch if isinstance(c, PutJob) and c.lease
+            ]
+            single = one_statement(batch, notes, bool(claimed), me, now)
+            if single is not None:
+                return await run_single(conn, single, bool(claimed))
+            return await trio.to_thread.run_sync(run_block, conn, batch, notes, claimed, me, now)
+
         try:
-            with pool.connection() as conn:
-                if single is not None:
-                    won = run_single(conn, single, bool(claimed))
-                else:
-                    won = run_block(conn, changes, notes, claimed, me, now)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise
+            won = await self._on_lane(self._commits, "commit", attempt)
         except psycopg.Error as exc:
             raise StoreError(f"{self.uri}: commit failed: {exc}") from exc
         self.commits += 1
         if claimed:
             self.put_claims_refused.update(h for h in claimed if h not in won)
 
-    def _claim_sync(
-        self, claims: Sequence[tuple[bytes, bytes, float]]
-    ) -> dict[Handle, float | None]:
-        pool = self._pool
-        if pool is None:
-            raise StoreError(f"{self.uri}: store is closed")
-        wanted = {(func, name): until for func, name, until in claims}
-        me, now = self.server_id, self._clock()
-        held: dict[Handle, float | None] = {}
-        won: list[Handle] = []
-        try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
-                cur.execute(LOCK_FOR_CLAIM, ([h[0] for h in wanted], [h[1] for h in wanted]))
-                for func, name, by, left in cur.fetchall():  # left: database seconds
-                    if by is None or by == me or left is None or left < 0:
-                        won.append((func, name))
-                    else:
-                        held[(func, name)] = now + left
-                if won:
-                    lasts = [wanted[h] - now for h in won]
-                    cur.execute(CLAIM, (me, [h[0] for h in won], [h[1] for h in won], lasts))
-                    notes = payloads(claim_lines(me, won))
-                    cur.execute(NOTIFY_ALL, (CHANNEL, notes))
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise
-        except psycopg.Error as exc:
-            raise StoreError(f"{self.uri}: claim failed: {exc}") from exc
-        if len(won) == len(wanted):
-            return {}
-        claimed = set(won)
-        return {h: held.get(h) for h in wanted if h not in claimed}
+
+def _close_lane(lane: _Lane) -> None:
+    conn, lane.conn = lane.conn, None
+    if conn is None or conn.closed:
+        return
+    # A statement of a cancelled caller may still wait on the socket.
+    trio.lowlevel.notify_closing(conn.pgconn.socket)
+    conn.close()
 
 
 async def _in_thread(listener: Listener, fn: Callable[[], _T]) -> _T:

@@ -191,8 +191,7 @@ _SQL: Final[dict[type, tuple[str, ...]]] = {
     DeletePolicy: ("DELETE FROM retry_policies WHERE func = ?",),
     # A count of 0 deletes the row: one statement of the two does nothing.
     SetAttempts: (
-        "INSERT OR REPLACE INTO job_attempts (func, name, attempts)"
-        " SELECT ?1, ?2, ?3 WHERE ?3 > 0",
+        "INSERT OR REPLACE INTO job_attempts (func, name, attempts) SELECT ?1, ?2, ?3 WHERE ?3 > 0",
         "DELETE FROM job_attempts WHERE func = ?1 AND name = ?2 AND ?3 <= 0",
     ),
     PutFailed: (
@@ -361,9 +360,10 @@ class SqliteStore:
         return row[0]
 
     async def _apply(self, batches: list[Sequence[Change]]) -> list[BaseException | None]:
-        return await trio.to_thread.run_sync(
-            split_outcomes, batches, self._transaction, limiter=self._limiter
-        )
+        return await split_outcomes(batches, self._transaction_in_thread)
+
+    async def _transaction_in_thread(self, changes: Iterable[Change]) -> None:
+        await trio.to_thread.run_sync(self._transaction, changes, limiter=self._limiter)
 
     def _transaction(self, changes: Iterable[Change]) -> None:
         conn = self._conn

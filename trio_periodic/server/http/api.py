@@ -89,9 +89,7 @@ class HttpApi(Routes):
                         response = self._preflight(request, origin)
                     else:
                         caller = self._authenticate(request, peer)
-                        response = await self.route(
-                            request.method, request.target, body, caller
-                        )
+                        response = await self.route(request.method, request.target, body, caller)
                 except HttpError as exc:
                     response = _error(exc.status, str(exc))
                     if exc.status == 401:

@@ -1,0 +1,137 @@
+"""Statements driven on the trio thread (``store/pg_trio.py``), and what the
+PostgreSQL store builds on them: its connection lanes and its listener."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import trio
+from pg_fixture import pg_database_url, postgres_cluster  # noqa: F401  (fixtures)
+
+from trio_periodic.protocol.job import Job
+from trio_periodic.store.base import PutJob, RemoteJob
+
+pytest.importorskip("psycopg")
+import psycopg
+
+from trio_periodic.store import pg_trio
+from trio_periodic.store.pg_notify import Listener
+from trio_periodic.store.postgres import PostgresStore
+
+TIMEOUT = 60  # seconds
+
+
+@pytest.fixture
+def url(pg_database_url: str) -> str:  # noqa: F811
+    return pg_database_url
+
+
+def _connect(url: str) -> pg_trio.Conn:
+    return psycopg.connect(url, autocommit=True)
+
+
+@pytest.mark.postgres
+async def test_statements_run_on_the_trio_thread(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pg_trio.NATIVE  # the psycopg this project pins has the generator
+
+    async def no_threads(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a statement went to a worker thread")
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", no_threads)
+    with _connect(url) as conn, trio.fail_after(TIMEOUT):
+        assert await pg_trio.fetch(conn, "SELECT %s::int + 1, %s::bytea", (41, b"x")) == [
+            (42, b"x")
+        ]
+        assert await pg_trio.fetch(conn, "CREATE TABLE t (b bytea)", ()) == []
+        # An error PostgreSQL reports leaves the connection usable.
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            await pg_trio.fetch(conn, "SELECT * FROM missing", ())
+        assert await pg_trio.fetch(conn, "SELECT 1", ()) == [(1,)]
+
+
+@pytest.mark.postgres
+async def test_a_statement_larger_than_the_socket_buffers_goes_through(url: str) -> None:
+    big = bytes(range(256)) * (32 * 1024)  # 8 MiB: several waits for a writable socket
+    with _connect(url) as conn, trio.fail_after(TIMEOUT):
+        rows = await pg_trio.fetch(conn, "SELECT length(%s::bytea), md5(%s::bytea)", (big, big))
+        assert rows[0][0] == len(big)
+
+
+@pytest.mark.postgres
+async def test_a_cancelled_statement_closes_its_connection(url: str) -> None:
+    with _connect(url) as conn, trio.fail_after(TIMEOUT):
+        with trio.move_on_after(0.2) as scope:
+            await pg_trio.fetch(conn, "SELECT pg_sleep(30)", ())
+        assert scope.cancelled_caught
+        assert conn.closed  # mid-conversation: never reused
+
+
+@pytest.mark.postgres
+async def test_without_the_generator_statements_use_a_worker_thread(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_trio, "NATIVE", False)
+    with _connect(url) as conn, trio.fail_after(TIMEOUT):
+        assert await pg_trio.fetch(conn, "SELECT %s::text", ("ok",)) == [("ok",)]
+    store = PostgresStore(url)
+    with trio.fail_after(TIMEOUT):
+        await store.open()
+        try:
+            await store.commit([PutJob(Job(b"f", b"a"))])
+            assert await store.claim([(b"f", b"a", time.time() + 60)]) == {}
+        finally:
+            await store.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_claim_cancelled_while_it_waits_for_a_lock_leaves_the_store_working(
+    url: str,
+) -> None:
+    store = PostgresStore(url)
+    with trio.fail_after(TIMEOUT):
+        await store.open()
+        try:
+            await store.commit([PutJob(Job(b"f", b"a")), PutJob(Job(b"f", b"b"))])
+            with _connect(url) as blocker, blocker.transaction():
+                blocker.execute("SELECT 1 FROM periodic_jobs WHERE name = 'a' FOR UPDATE")
+                with trio.move_on_after(0.3) as scope:
+                    await store.claim([(b"f", b"a", time.time() + 60)])
+                assert scope.cancelled_caught
+            # The lane connects again (the pool replaces the closed connection).
+            assert await store.claim([(b"f", b"b", time.time() + 60)]) == {}
+            assert await store.claim([(b"f", b"a", time.time() + 60)]) == {}
+        finally:
+            await store.aclose()
+
+
+@pytest.mark.postgres
+async def test_the_listener_waits_through_its_own_servers_notifications(url: str) -> None:
+    """Each commit notifies every listener, ours too: ours are skipped on the
+    listening thread; only another server's change comes back to trio."""
+    with trio.fail_after(TIMEOUT):
+        ours, other = PostgresStore(url), PostgresStore(url)
+        await ours.open()
+        await other.open()
+        listener = Listener(psycopg.conninfo.make_conninfo(url), 5, ours.server_id)
+        try:
+            await trio.to_thread.run_sync(listener.connect)
+            got: list[Any] = []
+
+            async def listen() -> None:
+                got.append(await trio.to_thread.run_sync(listener.run, listener.next_changes))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(listen)
+                for i in range(20):
+                    await ours.commit([PutJob(Job(b"f", b"own%d" % i))])
+                await trio.sleep(0.5)
+                assert got == []  # still waiting
+                await other.commit([PutJob(Job(b"f", b"theirs"))])
+            (changes,) = got
+            assert [c.job.name for c in changes if isinstance(c, RemoteJob)] == [b"theirs"]
+        finally:
+            await trio.to_thread.run_sync(listener.stop)
+            await ours.aclose()
+            await other.aclose()
