@@ -17,6 +17,7 @@ pytest.importorskip("psycopg")
 import psycopg
 
 from trio_periodic.store import pg_trio
+from trio_periodic.store.pg_arrays import Bytea, Float8, Int8, Text
 from trio_periodic.store.pg_notify import Listener
 from trio_periodic.store.postgres import PostgresStore
 
@@ -135,3 +136,21 @@ async def test_the_listener_waits_through_its_own_servers_notifications(url: str
             await trio.to_thread.run_sync(listener.stop)
             await ours.aclose()
             await other.aclose()
+
+
+@pytest.mark.postgres
+async def test_array_parameters_arrive_as_postgresql_arrays(url: str) -> None:
+    values: list[tuple[Any, str, list[Any]]] = [
+        (Bytea, "bytea[]", [b"", b"\x00\xff", b"x" * 70_000]),
+        (Int8, "int8[]", [0, -1, 2**63 - 1, -(2**63)]),
+        (Float8, "float8[]", [None, 1.5, -0.0, 1e300, None]),
+        (Text, "text[]", ["", None, "héllo ☃", "a\nb"]),
+    ]
+    with _connect(url) as conn, trio.fail_after(TIMEOUT):
+        for cls, pg_type, items in values:
+            got = await pg_trio.fetch(
+                conn, f"SELECT %s::{pg_type}, cardinality(%s::{pg_type})", (cls(items), cls(items))
+            )
+            assert got == [(items, len(items))], pg_type
+            empty = await pg_trio.fetch(conn, f"SELECT cardinality(%s::{pg_type})", (cls(),))
+            assert empty == [(0,)], pg_type

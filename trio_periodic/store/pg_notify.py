@@ -70,6 +70,7 @@ from trio_periodic.store.base import (
     SetConfig,
 )
 from trio_periodic.store.group import SCHEDULE_COLUMNS, schedule_row
+from trio_periodic.store.pg_arrays import Bytea
 
 CHANNEL: Final = "periodic_changes"
 #: Largest payload we send, in bytes (PostgreSQL's limit is 8000).
@@ -327,11 +328,14 @@ class Listener:
         with conn.cursor(binary=True) as cur:
             if schedule_keys:
                 cur.execute(
-                    _FETCH_SCHEDULES, ([h[0] for h in schedule_keys], [h[1] for h in schedule_keys])
+                    _FETCH_SCHEDULES,
+                    (Bytea(h[0] for h in schedule_keys), Bytea(h[1] for h in schedule_keys)),
                 )
                 schedules = {(r[0], r[1]): r for r in cur.fetchall()}
             if handles:
-                cur.execute(_FETCH_JOBS, ([h[0] for h in handles], [h[1] for h in handles]))
+                cur.execute(
+                    _FETCH_JOBS, (Bytea(h[0] for h in handles), Bytea(h[1] for h in handles))
+                )
                 rows = {(r[0], r[1]): r for r in cur.fetchall()}
             if config_keys:
                 cur.execute(_FETCH_CONFIGS, (config_keys,))

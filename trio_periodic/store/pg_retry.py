@@ -41,6 +41,7 @@ from trio_periodic.store.base import (
     RetryPolicy,
     SetAttempts,
 )
+from trio_periodic.store.pg_arrays import Bytea
 
 _Conn = psycopg.Connection[Any]
 Handle = tuple[bytes, bytes]
@@ -151,7 +152,7 @@ def read_attempts(cur: psycopg.Cursor[Any], handles: list[Handle]) -> dict[Handl
         "SELECT a.func, a.name, a.attempts FROM periodic_job_attempts a"
         " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
         " ON a.func = v.func AND a.name = v.name",
-        ([h[0] for h in handles], [h[1] for h in handles]),
+        (Bytea(h[0] for h in handles), Bytea(h[1] for h in handles)),
     )
     return {(bytes(f), bytes(n)): int(a) for f, n, a in cur.fetchall()}
 
@@ -162,6 +163,6 @@ def read_failed(cur: psycopg.Cursor[Any], handles: list[Handle]) -> dict[Handle,
         " FROM periodic_failed_jobs f"
         " JOIN unnest(%s::bytea[], %s::bytea[]) AS v(func, name)"
         " ON f.func = v.func AND f.name = v.name",
-        ([h[0] for h in handles], [h[1] for h in handles]),
+        (Bytea(h[0] for h in handles), Bytea(h[1] for h in handles)),
     )
     return {(bytes(r[0]), bytes(r[1])): failed_of(r) for r in cur.fetchall()}

@@ -29,6 +29,7 @@ from trio_periodic.store.group import (
     SCHEDULE_COLUMNS,
     change_row,
 )
+from trio_periodic.store.pg_arrays import Bytea, Float8, Int8, Text
 from trio_periodic.store.pg_notify import (
     CHANNEL,
     DB_NOW,
@@ -141,8 +142,8 @@ def claim_params(wanted: dict[Handle, float], me: str, notes: list[str]) -> tupl
     """CLAIM's parameters: ``wanted`` maps each job to its lease's seconds."""
     handles = sorted(wanted)
     return (
-        [h[0] for h in handles], [h[1] for h in handles], [wanted[h] for h in handles],
-        me, me, CHANNEL, notes,
+        Bytea(h[0] for h in handles), Bytea(h[1] for h in handles),
+        Float8(wanted[h] for h in handles), me, me, CHANNEL, Text(notes),
     )  # fmt: skip
 
 
@@ -200,7 +201,7 @@ def one_statement(
     outputs = []
     if notes:
         ctes.append("n AS (SELECT pg_notify(%s, m) IS NULL AS sent FROM unnest(%s::text[]) AS m)")
-        params += [CHANNEL, notes]
+        params += [CHANNEL, Text(notes)]
         outputs.append("(SELECT count(sent) FROM n)")
     if claimed and PutJob in runs:
         outputs += [
@@ -221,22 +222,22 @@ def _batched(kind: type, run: list[Change], me: str, now: float) -> tuple[str, t
         last.pop(h, None)
         last[h] = c
     handles = list(last)
-    funcs, names = [h[0] for h in handles], [h[1] for h in handles]
+    funcs, names = Bytea(h[0] for h in handles), Bytea(h[1] for h in handles)
     if kind is PutJob:
         puts = [c for c in last.values() if isinstance(c, PutJob)]
         jobs = [c.job for c in puts]
         return _PUT_JOBS, (
             funcs, names,
-            [j.sched_at for j in jobs], [j.count for j in jobs], [j.timeout for j in jobs],
-            [j.workload for j in jobs],
-            [None if c.lease is None else me for c in puts],
-            [c.lease for c in puts],
+            Int8(j.sched_at for j in jobs), Int8(j.count for j in jobs),
+            Int8(j.timeout for j in jobs), Bytea(j.workload for j in jobs),
+            Text(None if c.lease is None else me for c in puts),
+            Float8(c.lease for c in puts),
             me,
         )  # fmt: skip
     if kind is DeleteJob:
         return _DELETE_JOBS, (funcs, names)
     leases = [c for c in last.values() if isinstance(c, ExtendLease)]
-    return _EXTEND_LEASES, ([c.until - now for c in leases], funcs, names, me)
+    return _EXTEND_LEASES, (Float8(c.until - now for c in leases), funcs, names, me)
 
 
 _BATCHED: Final = (PutJob, DeleteJob, ExtendLease)
@@ -276,9 +277,9 @@ def run_block(
                 for sql in _SQL[kind]:
                     cur.executemany(sql, params)
             if notes:  # delivered on COMMIT, never on a rollback
-                cur.execute(NOTIFY_ALL, (CHANNEL, notes))
+                cur.execute(NOTIFY_ALL, (CHANNEL, Text(notes)))
             if claimed:
-                handles = ([h[0] for h in claimed], [h[1] for h in claimed], me)
+                handles = (Bytea(h[0] for h in claimed), Bytea(h[1] for h in claimed), me)
                 cur.execute(_PUT_CLAIMED, handles)
         if claimed:
             return set(cur.fetchall())
