@@ -121,7 +121,7 @@ async def test_the_listener_waits_through_its_own_servers_notifications(url: str
             got: list[Any] = []
 
             async def listen() -> None:
-                got.append(await trio.to_thread.run_sync(listener.run, listener.next_changes))
+                got.append(await listener.next_changes())
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(listen)

@@ -25,11 +25,14 @@ key is kept at its last occurrence, so "drop func f, then put job (f, x)"
 comes out in that order.
 
 ``Listener`` owns one autocommit connection (not from the pool) that has run
-``LISTEN``.  Only worker threads touch it, one at a time (``lock``).  Its
-waits are cut into slices of ``POLL_SLICE`` seconds so that a thread
-abandoned by a cancelled trio task notices ``stop`` within one slice, closes
-the connection itself and exits.  A notification wakes the waiting thread at
-once: the slices bound the time to stop, not the latency.
+``LISTEN``; a notify handler collects every payload it receives, whatever
+the connection is doing at the time.  Waiting for notifications and reading
+the job rows they name happen on the trio thread (``pg_trio``): every commit
+of this server notifies its own listener too, and skipping those must not
+cost a thread hand-over each.  Connecting, the resync pages and reads of the
+rare kinds run on worker threads, one at a time (``lock``); a thread
+abandoned by a cancelled trio task closes the connection itself when its
+call returns if ``stop`` came meanwhile.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import psycopg
+import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from trio_periodic.protocol.job import Job
-from trio_periodic.store import pg_retry
+from trio_periodic.store import pg_retry, pg_trio
 from trio_periodic.store.base import (
     Change,
     DeleteFailed,
@@ -75,8 +80,6 @@ from trio_periodic.store.pg_arrays import Bytea
 CHANNEL: Final = "periodic_changes"
 #: Largest payload we send, in bytes (PostgreSQL's limit is 8000).
 MAX_PAYLOAD: Final = 7000
-#: Seconds a listening thread blocks before it checks whether it must stop.
-POLL_SLICE: Final = 0.1
 #: Most notifications turned into one batch of remote changes.
 MAX_BATCH: Final = 256
 #: Rows per callback when the whole table is read again after a reconnect.
@@ -231,7 +234,7 @@ def remote_job(row: Sequence[Any], me: str, now: float) -> RemoteJob | None:
 
 
 class Listener:
-    """One autocommit connection listening on CHANNEL (used from worker threads)."""
+    """One autocommit connection listening on CHANNEL (see the module docstring)."""
 
     def __init__(
         self,
@@ -248,6 +251,10 @@ class Listener:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._conn: _Conn | None = None
+        #: Payloads received and not looked at yet.
+        self._heard: list[str] = []
+        #: The socket the trio thread waits on, while it does.
+        self._waiting_on: int | None = None
 
     # Each worker-thread call goes through ``run``; ``stop`` may come from any thread.
 
@@ -260,6 +267,12 @@ class Listener:
         finally:
             if self._stopping.is_set():  # stop() may have come while we held the lock
                 self.stop()
+
+    def interrupt(self) -> None:
+        """(trio thread) Wake a wait for notifications before ``stop`` closes
+        its socket: it then fails with InterfaceError."""
+        if self._waiting_on is not None:
+            trio.lowlevel.notify_closing(self._waiting_on)
 
     def stop(self) -> None:
         """Close the connection now, or make the thread using it close it when done."""
@@ -289,34 +302,71 @@ class Listener:
         conn = psycopg.connect(
             self._conninfo, autocommit=True, connect_timeout=self._connect_seconds
         )
+        # A resync follows a reconnect: what the old connection heard is moot.
+        self._heard = []
         try:
+            conn.add_notify_handler(self._on_notify)
             conn.execute(f"LISTEN {CHANNEL}")
         except BaseException:
             conn.close()
             raise
         self._conn = conn
 
-    def next_changes(self) -> list[RemoteChange]:
-        """Wait for other servers' notifications and read what they name; an
-        empty list once stopped.  Our own notifications (every commit of this
-        server sends some) are skipped here, on the worker thread, so that
-        they cost the trio thread nothing."""
+    def _on_notify(self, notify: psycopg.Notify) -> None:
+        self._heard.append(notify.payload)
+
+    async def next_changes(self) -> list[RemoteChange]:
+        """(trio thread) Wait for other servers' notifications and read what
+        they name.  Our own notifications are skipped without a reply."""
         conn = self._connection()
-        while not self._stopping.is_set():
-            # stop_after=1 still yields the whole packet the first one came in.
-            texts = [n.payload for n in conn.notifies(timeout=POLL_SLICE, stop_after=1)]
-            while texts and len(texts) < MAX_BATCH:  # take what has arrived meanwhile
-                more = [n.payload for n in conn.notifies(timeout=0)]
-                if not more:
-                    break
-                texts += more
-            keys = parse(texts, self._me)
+        while True:
+            heard, self._heard = self._heard[:MAX_BATCH], self._heard[MAX_BATCH:]
+            keys = parse(heard, self._me)
             if keys:
-                return self.read(keys)
-        return []
+                if all(k[0] == "j" for k in keys):  # the hot kind: on this thread
+                    return await self._read_jobs(conn, keys)
+                return await trio.to_thread.run_sync(
+                    self.run, partial(self.read, keys), abandon_on_cancel=True
+                )
+            if not self._heard:
+                self._drain(conn)  # what libpq has already read but not parsed
+            if not self._heard:
+                await self._wait_readable(conn)
+                conn.pgconn.consume_input()  # psycopg.OperationalError: the connection died
+                self._drain(conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        pgconn = conn.pgconn
+        while (notify := pgconn.notifies()) is not None:
+            if pgconn.notify_handler is not None:
+                pgconn.notify_handler(notify)  # to _on_notify
+
+    async def _wait_readable(self, conn: _Conn) -> None:
+        fileno = conn.pgconn.socket
+        self._waiting_on = fileno
+        try:
+            await trio.lowlevel.wait_readable(fileno)
+        except trio.ClosedResourceError:
+            raise psycopg.InterfaceError("listener stopped") from None
+        finally:
+            self._waiting_on = None
+
+    async def _read_jobs(self, conn: _Conn, keys: Sequence[Key]) -> list[RemoteChange]:
+        handles = Bytea(k[1] for k in keys), Bytea(k[2] for k in keys)
+        rows = {(r[0], r[1]): r for r in await pg_trio.fetch(conn, _FETCH_JOBS, handles)}
+        now = self._clock()
+        out: list[RemoteChange] = []
+        for key in keys:
+            row = rows.get((key[1], key[2]))
+            if row is None:
+                out.append(RemoteDelete(key[1], key[2]))
+            elif (job := remote_job(row, self._me, now)) is not None:
+                out.append(job)
+        return out
 
     def read(self, keys: Sequence[Key]) -> list[RemoteChange]:
-        """The current rows for ``keys``, as remote changes in the order of ``keys``."""
+        """The current rows for ``keys``, as remote changes in the order of
+        ``keys`` (worker thread)."""
         conn = self._connection()
         handles = [(k[1], k[2]) for k in keys if k[0] == "j"]
         config_keys = [k[1] for k in keys if k[0] == "c"]

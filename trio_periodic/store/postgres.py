@@ -442,6 +442,7 @@ class PostgresStore:
         with trio.CancelScope(shield=True):
             await self._committer.drain()
             for listener in list(self._listeners):
+                listener.interrupt()
                 await trio.to_thread.run_sync(listener.stop)
             self._listeners.clear()
             self._listener = None
@@ -479,7 +480,7 @@ class PostgresStore:
                     await self._resync(listener, on_changes)
                     resync = False
                 delay = self._retry_delay
-                changes = await _in_thread(listener, listener.next_changes)
+                changes = await listener.next_changes()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if self._closed:
                     return
@@ -692,8 +693,8 @@ def _close_lane(lane: _Lane) -> None:
 
 
 async def _in_thread(listener: Listener, fn: Callable[[], _T]) -> _T:
-    # Abandoned on cancel: the thread notices ``listener.stop`` within a poll
-    # slice, closes the connection and exits on its own.
+    # Abandoned on cancel: when its call returns, the thread sees that
+    # ``listener.stop`` came meanwhile and closes the connection itself.
     return await trio.to_thread.run_sync(listener.run, fn, abandon_on_cancel=True)
 
 
