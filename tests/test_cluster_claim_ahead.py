@@ -15,7 +15,13 @@ from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import JobAssign
 from trio_periodic.scheduler.core import Scheduler
 from trio_periodic.scheduler.effects import Assign
-from trio_periodic.scheduler.service import AHEAD_FRESH, Clock, SchedulerService
+from trio_periodic.scheduler.service import (
+    AHEAD_FRESH,
+    CLAIM_AHEAD,
+    CLAIM_AHEAD_MAX,
+    Clock,
+    SchedulerService,
+)
 from trio_periodic.store.base import PutJob
 
 
@@ -137,3 +143,40 @@ async def test_abandoned_changes_stop_being_waited_for(mock_clock: trio.testing.
     assert svc.committing((b"f", b"x"))
     svc.abandon(changes)
     assert not svc.committing((b"f", b"x"))
+
+
+async def test_the_stock_claimed_ahead_follows_the_pace_of_hand_outs(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Handing jobs out fast makes claim rounds larger (fewer transactions),
+    never past CLAIM_AHEAD_MAX; a quiet spell brings them back down."""
+    clock = Clock()
+    store = CountingSharedStore()
+    svc = SchedulerService(Scheduler(), store, clock)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run)
+            conn, outbox = add_worker(svc, b"f", slots=8)
+            for i in range(3000):
+                svc.core.submit(Job(b"f", b"j%04d" % i), clock.now())
+            await svc.settle()
+
+            async def run_one(pause: float) -> None:
+                _, msgid, packet = await outbox.next()
+                assert isinstance(packet, JobAssign)
+                await trio.sleep(pause)
+                svc.core.work_done(conn, b"f", packet.job.name, b"")
+                svc.core.add_slot(conn, msgid)
+                await svc.settle()
+
+            for _ in range(1500):  # a job per 0.1 ms: 500 per AHEAD_HORIZON
+                await run_one(0.0001)
+            busy = [len(c) for c in store.claims]
+            for _ in range(200):  # a job per 50 ms
+                await run_one(0.05)
+            quiet = [len(c) for c in store.claims[len(busy) :]]
+            nursery.cancel_scope.cancel()
+    assert busy[0] <= CLAIM_AHEAD + 8  # the first round: the assignments plus the minimum
+    assert max(busy) > 2 * CLAIM_AHEAD
+    assert max(busy) <= CLAIM_AHEAD_MAX + 8
+    assert quiet and max(quiet[-3:]) <= CLAIM_AHEAD + 8

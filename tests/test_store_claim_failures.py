@@ -55,7 +55,7 @@ async def test_a_failed_claim_round_loses_no_assignment(
     # Claim exactly what is assigned (no claiming ahead), so that c needs a
     # round of its own.
     monkeypatch.setattr(service, "CLAIM_AHEAD", 0)
-    monkeypatch.setattr(service, "CLAIM_LOW", 0)
+    monkeypatch.setattr(service, "CLAIM_AHEAD_MAX", 0)
     clock = Clock()
     store = FlakySharedStore(b"a", clock.now)
     assert isinstance(store, SharedStore)

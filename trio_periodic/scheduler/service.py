@@ -69,11 +69,16 @@ from trio_periodic.store.base import (
 log = logging.getLogger(__name__)
 
 #: Cluster mode: jobs claimed ahead of the slots that will take them, so that
-#: most assignments go out without a round trip to the database.  A claim
-#: round tops the stock up to CLAIM_AHEAD once it fell below CLAIM_LOW.  If
-#: the server dies, these wait for their lease like its running jobs.
+#: most assignments go out without a round trip to the database.  The stock
+#: aims at what this server handed out from it in the last AHEAD_HORIZON
+#: seconds, at least CLAIM_AHEAD and at most CLAIM_AHEAD_MAX jobs; a claim
+#: round tops it up once it fell below half.  A busy server so claims in
+#: large batches (fewer, cheaper transactions) and a quiet one holds few
+#: jobs that other servers' workers could have taken.  If the server dies,
+#: these wait for their lease like its running jobs.
 CLAIM_AHEAD = 64
-CLAIM_LOW = 32
+CLAIM_AHEAD_MAX = 512
+AHEAD_HORIZON = 0.05
 #: A job claimed ahead is handed out without a new claim only within this many
 #: seconds of its claim: its lease (timeout + LEASE_GRACE from the claim) then
 #: still outlasts the worker's timeout by LEASE_GRACE / 2.
@@ -127,6 +132,11 @@ class SchedulerService:
         #: epoch second their claim started.
         self._ahead: dict[tuple[bytes, bytes], float] = {}
         self._refill = False
+        #: The stock the claimer aims at, and what was handed out of it since
+        #: the last claim round (at ``_round_at``, epoch seconds).
+        self._ahead_goal = CLAIM_AHEAD
+        self._ahead_used = 0
+        self._round_at = 0.0
         #: Cluster mode: puts being committed, by handle (how many), and an
         #: event replaced after each commit.
         self._committing: dict[tuple[bytes, bytes], int] = {}
@@ -315,8 +325,9 @@ class SchedulerService:
         """The effects that may go out now; queue the assignments that need a claim."""
         ready, need = self._split_claimed(effects)
         self._to_claim += need
-        if need or len(self._ahead) < CLAIM_LOW:
-            self._refill = len(self._ahead) < CLAIM_LOW
+        low = len(self._ahead) < self._ahead_goal // 2
+        if need or low:
+            self._refill = low
             self._claim_wake.set()
         return ready
 
@@ -332,6 +343,7 @@ class SchedulerService:
                 if claimed_at is None or claimed_at < fresh_after:
                     need.append(e)
                     continue
+                self._ahead_used += 1
             ready.append(e)
         return ready, need
 
@@ -349,16 +361,29 @@ class SchedulerService:
         self, now: float, claims: dict[tuple[bytes, bytes], float]
     ) -> dict[tuple[bytes, bytes], float]:
         """The due jobs to claim ahead along with ``claims``: enough to top the
-        stock up to CLAIM_AHEAD (stale entries are claimed again)."""
+        stock up to its goal (stale entries are claimed again)."""
+        goal = self._next_ahead_goal(now)
         ahead = self._ahead
         stale = [h for h, at in ahead.items() if at < now - AHEAD_FRESH]
         for handle in stale:
             del ahead[handle]
-        if len(ahead) >= CLAIM_LOW and not stale:
+        if len(ahead) >= goal // 2 and not stale:
             return {}
         skip = ahead.keys() | claims.keys() | self._committing.keys()
-        due = self.core.due_pending(now, CLAIM_AHEAD - len(ahead), skip)
+        due = self.core.due_pending(now, goal - len(ahead), skip)
         return {(f, n): now + timeout + LEASE_GRACE for f, n, timeout in due}
+
+    def _next_ahead_goal(self, now: float) -> int:
+        """The stock to aim at from this round on: what the last rounds' pace
+        of hand-outs would use in AHEAD_HORIZON seconds.  It rises at once
+        and falls by half a round at most, so one slow round does not undo
+        the batching."""
+        elapsed = now - self._round_at
+        wanted = self._ahead_used / elapsed * AHEAD_HORIZON if elapsed > 0 else 0.0
+        self._round_at, self._ahead_used = now, 0
+        goal = max(int(wanted), self._ahead_goal // 2, CLAIM_AHEAD)
+        self._ahead_goal = min(goal, CLAIM_AHEAD_MAX)
+        return self._ahead_goal
 
     def _pending_claim(self, a: Assign) -> Assignment | None:
         """The assignment ``a`` stands for, if the core still has it (a remote

@@ -118,16 +118,17 @@ LOAD_LEASES: Final = (
 # free, notify if anything was claimed, and return the claimed handles and the
 # holders' leases of the others (seconds left on the database's clock).
 CLAIM: Final = (
-    "WITH v AS (SELECT * FROM unnest(%s::bytea[], %s::bytea[], %s::float8[])"
-    " AS v(func, name, secs)),"
-    f" l AS (SELECT j.func, j.name, j.lease_until - {DB_NOW} AS left_s,"
+    f"WITH l AS (SELECT j.func, j.name, v.secs, j.lease_until - {DB_NOW} AS left_s,"
     " (j.claimed_by IS NULL OR j.claimed_by = %s OR j.lease_until IS NULL"
     f" OR j.lease_until < {DB_NOW}) AS free"
-    " FROM periodic_jobs j JOIN v ON j.func = v.func AND j.name = v.name"
+    " FROM periodic_jobs j"
+    " JOIN unnest(%s::bytea[], %s::bytea[], %s::float8[]) AS v(func, name, secs)"
+    " ON j.func = v.func AND j.name = v.name"
     " ORDER BY j.func, j.name FOR UPDATE OF j),"
-    f" c AS (UPDATE periodic_jobs j SET claimed_by = %s, lease_until = {DB_NOW} + v.secs"
-    " FROM l JOIN v ON v.func = l.func AND v.name = l.name"
-    " WHERE l.free AND j.func = l.func AND j.name = l.name RETURNING j.func, j.name),"
+    # Each locked row joins back by its key (an index scan), never to a CTE
+    # scan of the input (one pass over it per row).
+    f" c AS (UPDATE periodic_jobs j SET claimed_by = %s, lease_until = {DB_NOW} + l.secs"
+    " FROM l WHERE l.free AND j.func = l.func AND j.name = l.name RETURNING j.func, j.name),"
     " n AS (SELECT pg_notify(%s, m) IS NULL AS sent FROM unnest(%s::text[]) AS m"
     " WHERE EXISTS (SELECT 1 FROM c))"
     " SELECT (SELECT count(sent) FROM n),"
@@ -142,8 +143,8 @@ def claim_params(wanted: dict[Handle, float], me: str, notes: list[str]) -> tupl
     """CLAIM's parameters: ``wanted`` maps each job to its lease's seconds."""
     handles = sorted(wanted)
     return (
-        Bytea(h[0] for h in handles), Bytea(h[1] for h in handles),
-        Float8(wanted[h] for h in handles), me, me, CHANNEL, Text(notes),
+        me, Bytea(h[0] for h in handles), Bytea(h[1] for h in handles),
+        Float8(wanted[h] for h in handles), me, CHANNEL, Text(notes),
     )  # fmt: skip
 
 
