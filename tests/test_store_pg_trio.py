@@ -4,6 +4,7 @@ PostgreSQL store builds on them: its connection lanes and its listener."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import pytest
@@ -154,3 +155,20 @@ async def test_array_parameters_arrive_as_postgresql_arrays(url: str) -> None:
             assert got == [(items, len(items))], pg_type
             empty = await pg_trio.fetch(conn, f"SELECT cardinality(%s::{pg_type})", (cls(),))
             assert empty == [(0,)], pg_type
+
+
+@pytest.mark.postgres
+async def test_closing_the_store_ends_a_watch_waiting_for_notifications(url: str) -> None:
+    """aclose while watch waits on the LISTEN socket: the wait is woken before
+    the socket is closed under it, and watch returns (no hang, no error)."""
+    store = PostgresStore(url)
+    calls: list[Any] = []
+    with trio.fail_after(TIMEOUT):
+        await store.open()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(store.watch, calls.append))
+            await trio.sleep(0.2)  # the watch is now waiting on the socket
+            started = trio.current_time()
+            await store.aclose()
+        assert trio.current_time() - started < 5
+    assert calls == []
