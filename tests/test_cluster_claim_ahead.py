@@ -5,11 +5,14 @@ The service with a fake shared store that records each claim, on MockClock.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
 from fake_shared_store import FakeSharedStore
-from test_scheduler_service import add_worker
+from test_scheduler_service import RecordingOutbox, add_worker
 
 from trio_periodic.protocol.job import Job
 from trio_periodic.protocol.packets import JobAssign
@@ -22,6 +25,7 @@ from trio_periodic.scheduler.service import (
     Clock,
     SchedulerService,
 )
+from trio_periodic.scheduler.state import ConnState
 from trio_periodic.store.base import PutJob
 
 
@@ -34,41 +38,55 @@ class CountingSharedStore(FakeSharedStore):
     """Every claim succeeds; the claims are counted."""
 
 
-async def test_one_claim_serves_the_next_jobs_and_a_put_forgets_its_claim(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    clock = Clock()
-    store = CountingSharedStore()
-    svc = SchedulerService(Scheduler(), store, clock)
-    names = [b"j%d" % i for i in range(10)]
-    delivered: list[bytes] = []
+@asynccontextmanager
+async def _serving(
+    store: FakeSharedStore, names: list[bytes], slots: int
+) -> AsyncIterator[tuple[SchedulerService, ConnState, RecordingOutbox]]:
+    """A running service with one worker for ``f`` and ``names`` submitted;
+    cancelled on the way out."""
+    svc = SchedulerService(Scheduler(), store, Clock())
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             await nursery.start(svc.run)
-            conn, outbox = add_worker(svc, b"f", slots=1)
+            conn, outbox = add_worker(svc, b"f", slots=slots)
             for name in names:
-                svc.core.submit(Job(b"f", name), clock.now())
+                svc.core.submit(Job(b"f", name), svc.clock.now())
             await svc.settle()
-
-            async def run_one() -> bytes:
-                _, msgid, packet = await outbox.next()
-                assert isinstance(packet, JobAssign)
-                svc.core.work_done(conn, b"f", packet.job.name, b"")
-                svc.core.add_slot(conn, msgid)
-                await svc.settle()
-                return packet.job.name
-
-            for _ in range(5):
-                delivered.append(await run_one())
-            # One claim round took the assigned job and the 9 due after it.
-            assert store.claims == [sorted(names)]
-            # Our own put of a job claimed ahead clears its claim in the store:
-            # it needs a claim of its own before it goes out.
-            svc.core.submit(Job(b"f", b"j9", workload=b"again"), clock.now())
-            await svc.settle()
-            for _ in range(5):
-                delivered.append(await run_one())
+            yield svc, conn, outbox
             nursery.cancel_scope.cancel()
+
+
+async def _finish_next(
+    svc: SchedulerService, conn: ConnState, outbox: RecordingOutbox, pause: float = 0.0
+) -> bytes:
+    """The worker takes its next job, works ``pause`` seconds, reports it done
+    and asks for another; the job's name."""
+    _, msgid, packet = await outbox.next()
+    assert isinstance(packet, JobAssign)
+    await trio.sleep(pause)
+    svc.core.work_done(conn, b"f", packet.job.name, b"")
+    svc.core.add_slot(conn, msgid)
+    await svc.settle()
+    return packet.job.name
+
+
+async def test_one_claim_serves_the_next_jobs_and_a_put_forgets_its_claim(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    store = CountingSharedStore()
+    names = [b"j%d" % i for i in range(10)]
+    delivered: list[bytes] = []
+    async with _serving(store, names, slots=1) as (svc, conn, outbox):
+        for _ in range(5):
+            delivered.append(await _finish_next(svc, conn, outbox))
+        # One claim round took the assigned job and the 9 due after it.
+        assert store.claims == [sorted(names)]
+        # Our own put of a job claimed ahead clears its claim in the store:
+        # it needs a claim of its own before it goes out.
+        svc.core.submit(Job(b"f", b"j9", workload=b"again"), svc.clock.now())
+        await svc.settle()
+        for _ in range(5):
+            delivered.append(await _finish_next(svc, conn, outbox))
     assert sorted(delivered) == sorted(names)
     assert store.claims[1] == [b"j9"]
 
@@ -76,26 +94,17 @@ async def test_one_claim_serves_the_next_jobs_and_a_put_forgets_its_claim(
 async def test_a_stale_claim_ahead_is_claimed_again(mock_clock: trio.testing.MockClock) -> None:
     """A job claimed ahead but not handed out within AHEAD_FRESH seconds goes
     through a claim again: its lease may no longer outlast the worker's timeout."""
-    clock = Clock()
     store = CountingSharedStore()
-    svc = SchedulerService(Scheduler(), store, clock)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(svc.run)
-            conn, outbox = add_worker(svc, b"f", slots=1)
-            for name in (b"a", b"b"):
-                svc.core.submit(Job(b"f", name), clock.now())
-            await svc.settle()
-            _, msgid, packet = await outbox.next()
-            assert isinstance(packet, JobAssign) and packet.job.name == b"a"
-            assert store.claims == [[b"a", b"b"]]
-            await trio.sleep(AHEAD_FRESH + 1)
-            svc.core.work_done(conn, b"f", b"a", b"")
-            svc.core.add_slot(conn, msgid)
-            await svc.settle()
-            _, _, packet = await outbox.next()
-            assert isinstance(packet, JobAssign) and packet.job.name == b"b"
-            nursery.cancel_scope.cancel()
+    async with _serving(store, [b"a", b"b"], slots=1) as (svc, conn, outbox):
+        _, msgid, packet = await outbox.next()
+        assert isinstance(packet, JobAssign) and packet.job.name == b"a"
+        assert store.claims == [[b"a", b"b"]]
+        await trio.sleep(AHEAD_FRESH + 1)
+        svc.core.work_done(conn, b"f", b"a", b"")
+        svc.core.add_slot(conn, msgid)
+        await svc.settle()
+        _, _, packet = await outbox.next()
+        assert isinstance(packet, JobAssign) and packet.job.name == b"b"
     assert store.claims == [[b"a", b"b"], [b"b"]]
 
 
@@ -150,32 +159,15 @@ async def test_the_stock_claimed_ahead_follows_the_pace_of_hand_outs(
 ) -> None:
     """Handing jobs out fast makes claim rounds larger (fewer transactions),
     never past CLAIM_AHEAD_MAX; a quiet spell brings them back down."""
-    clock = Clock()
     store = CountingSharedStore()
-    svc = SchedulerService(Scheduler(), store, clock)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(svc.run)
-            conn, outbox = add_worker(svc, b"f", slots=8)
-            for i in range(3000):
-                svc.core.submit(Job(b"f", b"j%04d" % i), clock.now())
-            await svc.settle()
-
-            async def run_one(pause: float) -> None:
-                _, msgid, packet = await outbox.next()
-                assert isinstance(packet, JobAssign)
-                await trio.sleep(pause)
-                svc.core.work_done(conn, b"f", packet.job.name, b"")
-                svc.core.add_slot(conn, msgid)
-                await svc.settle()
-
-            for _ in range(1500):  # a job per 0.1 ms: 500 per AHEAD_HORIZON
-                await run_one(0.0001)
-            busy = [len(c) for c in store.claims]
-            for _ in range(200):  # a job per 50 ms
-                await run_one(0.05)
-            quiet = [len(c) for c in store.claims[len(busy) :]]
-            nursery.cancel_scope.cancel()
+    names = [b"j%04d" % i for i in range(3000)]
+    async with _serving(store, names, slots=8) as (svc, conn, outbox):
+        for _ in range(1500):  # a job per 0.1 ms: 500 per AHEAD_HORIZON
+            await _finish_next(svc, conn, outbox, 0.0001)
+        busy = [len(c) for c in store.claims]
+        for _ in range(200):  # a job per 50 ms
+            await _finish_next(svc, conn, outbox, 0.05)
+        quiet = [len(c) for c in store.claims[len(busy) :]]
     assert busy[0] <= CLAIM_AHEAD + 8  # the first round: the assignments plus the minimum
     assert max(busy) > 2 * CLAIM_AHEAD
     assert max(busy) <= CLAIM_AHEAD_MAX + 8
