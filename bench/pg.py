@@ -212,8 +212,7 @@ class Cluster(Databases):
         )
         if proc.returncode != 0:
             raise RuntimeError(
-                f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()} "
-                f"{self.log_tail()}"
+                f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()} {self.log_tail()}"
             )
         return proc.stdout
 

@@ -549,19 +549,26 @@ def _scale_half(
     }
 
 
-def projected_ceiling(one: dict[str, Any]) -> str:
-    """Where the database becomes the limit, from one server's run: one database core
-    serves 1 s / (its CPU per job) jobs/s, and K servers each as fast as the one measured
-    reach that at K = ceiling / one server's jobs/s."""
-    db_us, rate = one["db_us_per_job"], one["jobs_per_s"]
-    if not (db_us > 0 and rate > 0) or math.isnan(db_us):
+def projected_ceiling(one: dict[str, Any], two: dict[str, Any]) -> str:
+    """Where K servers top out, on a line through the one- and two-server runs.
+
+    Every server mirrors every other server's jobs, so per job the servers together spend
+    s1 + (K-1)·Δs µs of CPU and PostgreSQL d1 + (K-1)·Δd, with Δ = two servers - one.  With
+    a core per server, K servers top out at K · 1 s / (s1 + (K-1)·Δs) jobs/s and need that
+    rate times the database's µs per job in database cores; the mirroring alone caps any
+    number of servers near 1 s / Δs."""
+    s1, s2 = one["srv_us_per_job"], two["srv_us_per_job"]
+    d1, d2 = one["db_us_per_job"], two["db_us_per_job"]
+    if not all(v > 0 and not math.isnan(v) for v in (s1, s2, d1, d2)):
         return ""
-    ceiling = 1e6 / db_us
-    return (
-        f"ceiling: one PostgreSQL core serves about {ceiling:,.0f} jobs/s "
-        f"({db_us:,.0f} µs/job); servers at {rate:,.0f} jobs/s each saturate it at "
-        f"{ceiling / rate:.1f} servers"
-    )
+    ds, dd = max(s2 - s1, 0.0), max(d2 - d1, 0.0)
+    steps = []
+    for k in (1, 2, 4, 8):
+        rate = k * 1e6 / (s1 + (k - 1) * ds)
+        cores = rate * (d1 + (k - 1) * dd) / 1e6
+        steps.append(f"{k}: {rate:,.0f} ({cores:.1f} database cores)")
+    cap = f"; mirroring caps any number near {1e6 / ds:,.0f} jobs/s" if ds > 0 else ""
+    return f"projected with a core per server: servers {', '.join(steps)}{cap}"
 
 
 def scale(
@@ -606,7 +613,7 @@ def scale(
         one["gen"] + two["gen"],
         two["srv_util"],
     )
-    if ceiling := projected_ceiling(one):
+    if ceiling := projected_ceiling(one, two):
         out.notes.append(ceiling)
     for count, half in sorted(halves.items()):
         label = "1 server" if count == 1 else "2 servers"

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench import report
 from bench.pg import with_db
-from bench.scenarios import SCENARIOS, _split
+from bench.scenarios import SCENARIOS, _split, projected_ceiling
 from bench.servers import make_specs
 from bench.stats import summarize
 
@@ -47,3 +47,15 @@ def test_split_and_database_url() -> None:
     assert _split(5, 2) == [3, 2]
     assert _split(4, 1) == [4]
     assert with_db("postgresql://u@127.0.0.1:5/postgres", "b_1") == "postgresql://u@127.0.0.1:5/b_1"
+
+
+def test_the_projection_charges_every_server_for_mirroring_the_others() -> None:
+    one = {"srv_us_per_job": 75.5, "db_us_per_job": 28.5}
+    two = {"srv_us_per_job": 118.0, "db_us_per_job": 49.0}
+    text = projected_ceiling(one, two)
+    # 1 server: 1 s / 75.5 µs; 2: 2 s / 118 µs, needing 16,949 × 49 µs of database CPU.
+    assert "1: 13,245 (0.4 database cores)" in text
+    assert "2: 16,949 (0.8 database cores)" in text
+    assert "4: 19,704 (1.8 database cores)" in text
+    assert "caps any number near 23,529 jobs/s" in text
+    assert projected_ceiling(one, {"srv_us_per_job": float("nan"), "db_us_per_job": 1.0}) == ""
