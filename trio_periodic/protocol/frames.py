@@ -63,13 +63,8 @@ def encode_frame(msgid: int, packet: Packet, magic: bytes = MAGIC_RES) -> bytes:
 
 def decode_body(body: bytes | memoryview) -> tuple[int, Packet]:
     """Split a CRC-checked frame body into ``(msgid, packet)``."""
-    try:
-        msgid, cmd = _MSGID_CMD.unpack_from(body, 0)
-    except struct.error:
-        raise RemoteProtocolError(
-            f"frame body of {len(body)} bytes is shorter than msgid + command"
-        ) from None
-    return msgid, decode_at(cmd, body, 5)
+    msgid, _, packet = decode_request(body)
+    return msgid, packet
 
 
 _N_CMDS = len(EMPTY_PACKETS)

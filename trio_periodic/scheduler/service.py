@@ -214,20 +214,17 @@ class SchedulerService:
         claim rides on this batch's put (``PutJob.lease``) wait for the
         commit; the others go through the claimer now, which waits for any
         put of their job still being committed."""
-        early: list[Effect] = [e for e in effects if isinstance(e, Assign)]
-        if not early:
-            return [], effects
         put_claims = self._put_claims
-        if put_claims:
-            early = [
-                e for e in early
-                if isinstance(e, Assign)
-                and put_claims.get((e.job.func, e.job.name), (0.0, None))[1] is not e
-            ]  # fmt: skip
-        if not early:
-            return [], effects
-        chosen = {id(e) for e in early}
-        return early, [e for e in effects if id(e) not in chosen]
+        early: list[Effect] = []
+        later: list[Effect] = []
+        for e in effects:
+            if isinstance(e, Assign) and (
+                not put_claims or put_claims.get((e.job.func, e.job.name), (0.0, None))[1] is not e
+            ):
+                early.append(e)
+            else:
+                later.append(e)
+        return early, later
 
     def _forget_ahead(self, changes: Sequence[Change]) -> None:
         """Our own put clears our claim on the row (and a delete removes it):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -357,12 +357,18 @@ class Listener:
         now = self._clock()
         out: list[RemoteChange] = []
         for key in keys:
-            row = rows.get((key[1], key[2]))
-            if row is None:
-                out.append(RemoteDelete(key[1], key[2]))
-            elif (job := remote_job(row, self._me, now)) is not None:
-                out.append(job)
+            self._job_change(out, key, rows, now)
         return out
+
+    def _job_change(
+        self, out: list[RemoteChange], key: Key, rows: Mapping[Handle, Sequence[Any]], now: float
+    ) -> None:
+        """Add what a job key's current row (or its absence) means to ``out``."""
+        row = rows.get((key[1], key[2]))
+        if row is None:
+            out.append(RemoteDelete(key[1], key[2]))
+        elif (job := remote_job(row, self._me, now)) is not None:
+            out.append(job)
 
     def read(self, keys: Sequence[Key]) -> list[RemoteChange]:
         """The current rows for ``keys``, as remote changes in the order of
@@ -397,11 +403,7 @@ class Listener:
             if key[0] in _RETRY_KEYS:
                 out.append(retry.change(key))
             elif key[0] == "j":
-                row = rows.get((key[1], key[2]))
-                if row is None:
-                    out.append(RemoteDelete(key[1], key[2]))
-                elif (job := remote_job(row, self._me, now)) is not None:
-                    out.append(job)
+                self._job_change(out, key, rows, now)
             elif key[0] == "s":
                 srow = schedules.get((key[1], key[2]))
                 if srow is None:

@@ -171,6 +171,8 @@ class _ConnectionTrouble(StoreError):
 
 
 _Pool = psycopg_pool.ConnectionPool[Conn]
+#: Connections kept out of the pool: commits, and claims plus schedule firings.
+_LANES: Final = 2
 
 
 class _Lane:
@@ -270,7 +272,6 @@ class PostgresStore:
         connect_timeout: float = 10.0,  # seconds, for open and for each reconnect
         retries: int = 3,
         retry_delay: float = 0.2,  # seconds before the first retry; doubles
-        pool_size: int = 2,  # connections; at least one per lane
         clock: Callable[[], float] = time.time,  # epoch seconds, for leases
     ) -> None:
         self.uri = redact_uri(uri)
@@ -281,7 +282,6 @@ class PostgresStore:
         self._connect_seconds = max(1, round(connect_timeout))  # libpq wants whole seconds
         self._retries = retries
         self._retry_delay = retry_delay
-        self._pool_size = max(2, pool_size)
         self._clock = clock
         #: Number of transactions committed (group commit makes it << calls).
         self.commits = 0
@@ -555,12 +555,12 @@ class PostgresStore:
             # Autocommit: a single statement is its own transaction (see
             # one_statement); everything else opens a block with transaction().
             kwargs={"connect_timeout": self._connect_seconds, "autocommit": True},
-            min_size=2,  # one per lane
-            max_size=self._pool_size,
+            # One connection per lane; the pool only replaces broken ones.
+            min_size=_LANES,
+            max_size=_LANES,
             open=False,
-            # No check on checkout: it costs a round trip per transaction; a
-            # broken connection fails the transaction, which is retried on a
-            # fresh one (_retrying).
+            # No check on checkout: a broken connection fails its statement,
+            # which is retried on a fresh one (_on_lane).
             timeout=self._connect_timeout,
             name="trio-periodic",
         )
@@ -620,12 +620,7 @@ class PostgresStore:
             delay = self._retry_delay
             for attempt in range(self._retries + 1):
                 try:
-                    if lane.conn is not None and (lane.conn.closed or lane.conn.broken):
-                        await self._give_back(lane)  # say, closed by a cancelled statement
-                    conn = lane.conn
-                    if conn is None:
-                        conn = lane.conn = await self._checkout()
-                    return await fn(conn)
+                    return await fn(await self._lane_conn(lane))
                 except psycopg_pool.PoolTimeout as exc:
                     # The pool has been trying to connect for connect_timeout:
                     # waiting that long again per retry would only hold every
@@ -635,8 +630,8 @@ class PostgresStore:
                         f" within {self._connect_timeout:g} s"
                     ) from exc
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    if lane.conn is not None and (lane.conn.closed or lane.conn.broken):
-                        await self._give_back(lane)  # a deadlock victim's is kept
+                    # A broken connection is replaced on the next attempt; a
+                    # deadlock victim's connection is fine and kept.
                     if self._pool is None or attempt == self._retries:
                         raise _ConnectionTrouble(
                             f"{self.uri}: {what} failed after {attempt + 1} attempts: {exc}"
@@ -645,18 +640,21 @@ class PostgresStore:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    async def _checkout(self) -> Conn:
+    async def _lane_conn(self, lane: _Lane) -> Conn:
+        """The lane's connection: a broken one (a lost backend, or closed by a
+        cancelled statement) goes back to the pool, which replaces it, and a
+        fresh one is checked out (PoolTimeout after connect_timeout)."""
         pool = self._pool
         if pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is closed")
-        return await trio.to_thread.run_sync(pool.getconn)
-
-    async def _give_back(self, lane: _Lane) -> None:
-        """Return a broken connection to the pool, which replaces it."""
-        conn, lane.conn = lane.conn, None
-        pool = self._pool
-        if conn is not None and pool is not None:
+        conn = lane.conn
+        if conn is not None and (conn.closed or conn.broken):
+            lane.conn = None
             await trio.to_thread.run_sync(pool.putconn, conn)
+            conn = None
+        if conn is None:
+            conn = lane.conn = await trio.to_thread.run_sync(pool.getconn)
+        return conn
 
     async def _transaction(self, changes: Iterable[Change]) -> None:
         changes = list(changes)  # may be replayed
