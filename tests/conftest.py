@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import queue
 import re
@@ -10,10 +12,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import trio
@@ -120,3 +122,25 @@ def daemon() -> Iterator[DaemonProcess]:
             d.proc.wait(10)
         except subprocess.TimeoutExpired:
             d.proc.kill()
+
+
+def run_asyncio(scenario: Coroutine[Any, Any, Any], timeout: float) -> Any:
+    """``asyncio.run`` for tests that drive asyncio clients (aio-periodic), bounded by
+    ``timeout``; returns the scenario's result."""
+    try:
+        return asyncio.run(asyncio.wait_for(scenario, timeout))
+    finally:
+        collect_asyncio_leftovers()
+
+
+def collect_asyncio_leftovers() -> None:
+    """Finalise what an asyncio client left behind, now.
+
+    aio-periodic leaves tasks that end in an exception nobody retrieves, and
+    asyncio logs (with a traceback) each one it finalises.  If that happens in
+    a garbage collection that runs while pytest parses source for a failure
+    report, the traceback parses source too, nested, which CPython 3.11
+    reports as "AST constructor recursion depth mismatch" and pytest as an
+    INTERNALERROR that hides the failure itself.  Call this once the event
+    loop is gone and before the test can fail."""
+    gc.collect()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import DaemonProcess
+from conftest import DaemonProcess, collect_asyncio_leftovers
 
 from trio_periodic import Client, Job, Worker
 
@@ -53,6 +53,7 @@ class AsyncioThread:
         if self._loop is not None and self._task is not None:
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(5)
+        collect_asyncio_leftovers()
 
 
 async def wait_for_workers(client: Client, func: str, n: int = 1) -> None:
@@ -121,6 +122,7 @@ async def test_their_client_our_worker(daemon: DaemonProcess) -> None:
             await nursery.start(worker.work, 2)
             await trio.to_thread.run_sync(aio_client)
             worker.stop()
+    collect_asyncio_leftovers()
     assert results["run"] == b"ABC"
     assert results["chunks"] == [b"partial"]
     assert results["submit"] is True

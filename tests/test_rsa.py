@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import DaemonProcess, start_daemon
+from conftest import DaemonProcess, run_asyncio, start_daemon
 
 from trio_periodic import Client, Job, Worker
 from trio_periodic.cli import UsageError, parse
@@ -540,5 +540,5 @@ def test_aio_periodic_legacy_rsa_transport(keys: Keys, rsa_daemon: DaemonProcess
                 conn.close()
             await asyncio.sleep(0)
 
-    asyncio.run(asyncio.wait_for(scenario(), LIMIT))
+    run_asyncio(scenario(), LIMIT)
     assert not [line for line in rsa_daemon.log if "Traceback" in line]
