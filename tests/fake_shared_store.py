@@ -25,6 +25,8 @@ class FakeSharedStore:
     def __init__(self) -> None:
         #: The job names of each claim, sorted, in order.
         self.claims: list[list[bytes]] = []
+        #: The jobs the service asked to read again, in order.
+        self.rereads: list[tuple[bytes, bytes]] = []
 
     async def open(self) -> StoredState:
         return StoredState()
@@ -51,3 +53,6 @@ class FakeSharedStore:
     ) -> None:
         task_status.started()
         await trio.sleep_forever()
+
+    def reread(self, handles: Sequence[tuple[bytes, bytes]]) -> None:
+        self.rereads += handles

@@ -27,6 +27,9 @@ ahead (up to CLAIM_AHEAD), so that most assignments go out at once, without
 a round trip.  An assignment dropped while its claim was in flight gives its
 grab slot back (it was never sent).  On the way out the jobs claimed ahead
 are handed back; if the server dies they wait for their lease.
+Another server's change of a job this server is writing (a put or delete
+not committed yet) is held back: it was read before our write committed and
+would undo it here.  Once the write is committed the job is read again.
 
 Time: the core works in float seconds since the Unix epoch.  ``Clock`` derives
 them from trio's clock plus a fixed offset taken at start, so tests that run
@@ -137,9 +140,12 @@ class SchedulerService:
         self._ahead_goal = CLAIM_AHEAD
         self._ahead_used = 0
         self._round_at = 0.0
-        #: Cluster mode: puts being committed, by handle (how many), and an
-        #: event replaced after each commit.
+        #: Cluster mode: job writes (puts, deletes) being committed, by
+        #: handle (how many), and an event replaced after each commit.
         self._committing: dict[tuple[bytes, bytes], int] = {}
+        #: Cluster mode: jobs whose change by another server arrived while
+        #: we were writing them (read again once our writes are committed).
+        self._held_back: set[tuple[bytes, bytes]] = set()
         #: Cluster mode: puts that claim their job (PutJob.lease) being
         #: committed: handle → (when the claim was asked, the assignment).
         self._put_claims: dict[tuple[bytes, bytes], tuple[float, Assign]] = {}
@@ -171,38 +177,42 @@ class SchedulerService:
         return effects, changes
 
     def _will_commit(self, changes: Sequence[Change]) -> None:
-        """Cluster mode: the jobs these changes put have no row yet; a claim
-        of one waits for the commit (``_claim``).  Counted from the moment
-        the batch is finished, not when its commit starts, since assignments
-        of other jobs may be claimed before then (``before_commit``)."""
+        """Cluster mode: the jobs these changes put have no row yet (a claim
+        of one waits for the commit, ``_claim``), and other servers' changes
+        of the jobs they put or delete are held back (``remote_changes``).
+        Counted from the moment the batch is finished, not when its commit
+        starts: assignments of other jobs may be claimed before then
+        (``before_commit``), and remote changes may arrive."""
         committing = self._committing
-        for c in changes:
-            if isinstance(c, PutJob):
-                handle = (c.job.func, c.job.name)
-                committing[handle] = committing.get(handle, 0) + 1
+        for handle in _written(changes):
+            committing[handle] = committing.get(handle, 0) + 1
 
-    def _committed_puts(self, changes: Sequence[Change]) -> None:
+    def _committed_writes(self, changes: Sequence[Change]) -> None:
         committing = self._committing
-        for c in changes:
-            if isinstance(c, PutJob):
-                handle = (c.job.func, c.job.name)
-                left = committing.get(handle, 0) - 1
-                if left > 0:
-                    committing[handle] = left
-                else:
-                    committing.pop(handle, None)
+        reread: list[tuple[bytes, bytes]] = []
+        for handle in _written(changes):
+            left = committing.get(handle, 0) - 1
+            if left > 0:
+                committing[handle] = left
+                continue
+            committing.pop(handle, None)
+            if handle in self._held_back:
+                self._held_back.discard(handle)
+                reread.append(handle)
+        if reread and self.cluster is not None:
+            self.cluster.reread(reread)
         self._committed.set()
         self._committed = trio.Event()
 
     def committing(self, handle: tuple[bytes, bytes]) -> bool:
-        """Cluster mode: whether a put of this job is waiting for its commit."""
+        """Cluster mode: whether a put or delete of this job is waiting for its commit."""
         return handle in self._committing
 
     def abandon(self, changes: Sequence[Change]) -> None:
         """Changes of finished batches that will never be committed (their
         connection could not wait for the store any longer)."""
         if self.shared:
-            self._committed_puts(changes)
+            self._committed_writes(changes)
 
     def before_commit(self, effects: list[Effect]) -> tuple[list[Effect], list[Effect]]:
         """Split a batch's effects into (what may go out before its changes
@@ -290,7 +300,7 @@ class SchedulerService:
         finally:
             if self._put_claims:
                 self._took_put_claims(changes, ok)
-            self._committed_puts(changes)
+            self._committed_writes(changes)
 
     def _took_put_claims(self, changes: Sequence[Change], ok: bool) -> None:
         """After the commit of puts that claimed their job: the ones the store
@@ -470,6 +480,8 @@ class SchedulerService:
 
     def remote_changes(self, changes: list[RemoteChange]) -> None:
         """Called (on the trio thread) with what other servers changed."""
+        if self._committing:
+            changes = self._hold_back(changes)
         if self._ahead or self._claiming is not None:
             # A row another server changed is not (or no longer) claimed by us.
             gone: list[tuple[bytes, bytes]] = []
@@ -483,6 +495,29 @@ class SchedulerService:
             self._forget(gone)
         self.core.remote_apply(changes, self.clock.now())
         self._wake.set()
+
+    def _hold_back(self, changes: list[RemoteChange]) -> list[RemoteChange]:
+        """The changes of jobs we are not writing; the others wait.
+
+        Another server's change of a job we are writing was read before our
+        write committed, so it is older than our write: applied here it would
+        undo it (a delete read before our put's row existed would drop the
+        job we just accepted, while its row stays in the store).  The job is
+        read again once our writes of it are committed (``_committed_writes``)."""
+        keep: list[RemoteChange] = []
+        for c in changes:
+            if isinstance(c, RemoteJob):
+                handle = (c.job.func, c.job.name)
+            elif isinstance(c, RemoteDelete):
+                handle = (c.func, c.name)
+            else:
+                keep.append(c)
+                continue
+            if handle in self._committing:
+                self._held_back.add(handle)
+            else:
+                keep.append(c)
+        return keep
 
     def deliver(self, effects: list[Effect]) -> None:
         """Encode effects as frames into their connections' outboxes and send
@@ -604,3 +639,12 @@ class SchedulerService:
             self._sleeping_until = -math.inf
             self._wake = trio.Event()
             await trio.lowlevel.checkpoint()
+
+
+def _written(changes: Sequence[Change]) -> Iterable[tuple[bytes, bytes]]:
+    """The jobs ``changes`` put or delete, once per change."""
+    for c in changes:
+        if isinstance(c, PutJob):
+            yield (c.job.func, c.job.name)
+        elif isinstance(c, DeleteJob):
+            yield (c.func, c.name)

@@ -381,6 +381,11 @@ class SharedStore(Store, Protocol):
         """Report what other servers change, until cancelled."""
         ...
 
+    def reread(self, handles: Sequence[tuple[bytes, bytes]]) -> None:
+        """Have ``watch`` report these jobs' rows (or their absence) as they are
+        now, soon: changes of them were held back while we wrote them."""
+        ...
+
 
 #: Given a schedule's row (locked) and whether its job exists, the new row and
 #: the job to submit (None: none).  Pure; see scheduler/schedules.py.

@@ -24,6 +24,16 @@ notifications arrive in commit order.  Within a batch of notifications each
 key is kept at its last occurrence, so "drop func f, then put job (f, x)"
 comes out in that order.
 
+One exception spares most reads: a job whose last line is another server's
+``d`` is reported deleted without reading its row.  Any later write of the
+row is announced by a later line: another server's is read when it comes;
+one of ours is older news only if we have heard its line already.  So a
+``d`` is taken as it stands only when none of our own lines about the job
+is outstanding (``OwnLines``: counted before each transaction that sends
+them, uncounted when heard back or when the transaction failed); otherwise
+the row is read.  (A write of ours not committed yet is the service's to
+guard: ``SchedulerService.remote_changes`` holds such jobs' changes back.)
+
 ``Listener`` owns one autocommit connection (not from the pool) that has run
 ``LISTEN``; a notify handler collects every payload it receives, whatever
 the connection is doing at the time.  Waiting for notifications and reading
@@ -177,35 +187,86 @@ def payloads(lines: Sequence[str]) -> list[str]:
     return out
 
 
+class OwnLines:
+    """This server's job lines (``j``, ``d``) on their way to its own
+    listener: sent, or about to be, and not heard back yet (see the module
+    docstring).  Keyed by the line's hex func and name; trio thread only.
+
+    A count may only err high: a line counted is uncounted before it is heard
+    only when its transaction certainly did not commit (PostgreSQL refused
+    it).  A transaction whose fate is unknown (the connection broke) and a
+    line sent while the LISTEN connection was down stay counted; that costs
+    the row reads a delete line would have spared, never a job."""
+
+    def __init__(self) -> None:
+        self._count: dict[tuple[str, str], int] = {}
+
+    def sending(self, lines: Iterable[str]) -> list[tuple[str, str]]:
+        """Count the job lines among ``lines``; returns them for ``unsent``."""
+        keys = [(p[2], p[3]) for line in lines if (p := line.split(" "))[1] in ("j", "d")]
+        count = self._count
+        for key in keys:
+            count[key] = count.get(key, 0) + 1
+        return keys
+
+    def unsent(self, keys: Iterable[tuple[str, str]]) -> None:
+        """The transaction that was to send these lines did not commit."""
+        for key in keys:
+            self.heard(key)
+
+    def heard(self, key: tuple[str, str]) -> None:
+        left = self._count.get(key, 0) - 1
+        if left > 0:
+            self._count[key] = left
+        else:
+            self._count.pop(key, None)
+
+    def outstanding(self, key: tuple[str, str]) -> bool:
+        return key in self._count
+
+    def __len__(self) -> int:
+        return sum(self._count.values())
+
+
 #: What a batch of notifications asks us to look at, in last-occurrence order:
-#: ("j", func, name) for a job row, ("f", func) for a dropped func, ("c", key);
-#: ("p", func) a retry policy, ("a", func, name) a count, ("x", func, name) a
-#: failed job.
+#: ("j", func, name) for a job row, ("d", func, name) for a job deleted (no
+#: row to read), ("f", func) for a dropped func, ("c", key); ("p", func) a
+#: retry policy, ("a", func, name) a count, ("x", func, name) a failed job.
 Key = tuple[Any, ...]
 
 
-def parse(texts: Iterable[str], me: str) -> list[Key]:
-    """The keys named by other servers' lines, each at its last occurrence."""
+def parse(texts: Iterable[str], me: str, own: OwnLines | None = None) -> list[Key]:
+    """The keys named by other servers' lines, each job at its last occurrence.
+    Our own job lines are counted off ``own``; without it every job line
+    means "read the row"."""
     keys: dict[Key, None] = {}
     for text in texts:
         for line in text.split("\n"):
             parts = line.split(" ")
-            if len(parts) < 3 or parts[0] == me:
+            if len(parts) < 3:
+                continue
+            if parts[0] == me:
+                if own is not None and len(parts) == 4 and parts[1] in ("j", "d"):
+                    own.heard((parts[2], parts[3]))
                 continue
             try:
-                key = _key(parts)
+                key = _key(parts, own)
             except ValueError:
                 continue  # not ours or damaged: nothing to look at
-            if key is not None:
-                keys.pop(key, None)
-                keys[key] = None
+            if key is None:
+                continue
+            if key[0] in ("j", "d"):
+                keys.pop(("d" if key[0] == "j" else "j", key[1], key[2]), None)
+            keys.pop(key, None)
+            keys[key] = None
     return list(keys)
 
 
-def _key(parts: list[str]) -> Key | None:
+def _key(parts: list[str], own: OwnLines | None) -> Key | None:
     op = parts[1]
     if op in ("j", "d") and len(parts) == 4:
-        return ("j", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
+        gone = op == "d" and own is not None and not own.outstanding((parts[2], parts[3]))
+        return ("d" if gone else "j", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
     if op == "s" and len(parts) == 4:
         return ("s", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
     if op == "f" and len(parts) == 3:
@@ -242,12 +303,19 @@ class Listener:
         connect_seconds: int,
         server_id: str,
         clock: Callable[[], float] = time.time,  # epoch seconds, for leases
+        own: OwnLines | None = None,
     ) -> None:
         # Keepalives unless the user's conninfo sets its own.
         self._conninfo = make_conninfo("", **{**KEEPALIVES, **conninfo_to_dict(conninfo)})
         self._connect_seconds = connect_seconds
         self._me = server_id
         self._clock = clock
+        #: Our job lines not heard back yet (None: read every job row named).
+        self._own = own
+        #: Jobs to read again at the next turn (``reread``), and the scope of
+        #: the wait for notifications, which ``reread`` cancels.
+        self._wanted: dict[Handle, None] = {}
+        self._wait_scope: trio.CancelScope | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._conn: _Conn | None = None
@@ -315,22 +383,33 @@ class Listener:
     def _on_notify(self, notify: psycopg.Notify) -> None:
         self._heard.append(notify.payload)
 
+    def reread(self, handles: Iterable[Handle]) -> None:
+        """(trio thread) Read these jobs' rows again at the next turn."""
+        for handle in handles:
+            self._wanted[handle] = None
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
     async def next_changes(self) -> list[RemoteChange]:
         """(trio thread) Wait for other servers' notifications and read what
         they name.  Our own notifications are skipped without a reply."""
         conn = self._connection()
         while True:
             heard, self._heard = self._heard[:MAX_BATCH], self._heard[MAX_BATCH:]
-            keys = parse(heard, self._me)
+            keys = parse(heard, self._me, self._own)
+            if self._wanted:
+                wanted, self._wanted = self._wanted, {}
+                keys = [k for k in keys if k[0] not in ("j", "d") or (k[1], k[2]) not in wanted]
+                keys += [("j", *h) for h in wanted]
             if keys:
-                if all(k[0] == "j" for k in keys):  # the hot kind: on this thread
+                if all(k[0] in ("j", "d") for k in keys):  # the hot kinds: on this thread
                     return await self._read_jobs(conn, keys)
                 return await trio.to_thread.run_sync(
                     self.run, partial(self.read, keys), abandon_on_cancel=True
                 )
             if not self._heard:
                 self._drain(conn)  # what libpq has already read but not parsed
-            if not self._heard:
+            if not self._heard and not self._wanted:
                 await self._wait_readable(conn)
                 conn.pgconn.consume_input()  # psycopg.OperationalError: the connection died
                 self._drain(conn)
@@ -345,15 +424,20 @@ class Listener:
         fileno = conn.pgconn.socket
         self._waiting_on = fileno
         try:
-            await trio.lowlevel.wait_readable(fileno)
+            with trio.CancelScope() as self._wait_scope:
+                await trio.lowlevel.wait_readable(fileno)
         except trio.ClosedResourceError:
             raise psycopg.InterfaceError("listener stopped") from None
         finally:
             self._waiting_on = None
+            self._wait_scope = None
 
     async def _read_jobs(self, conn: _Conn, keys: Sequence[Key]) -> list[RemoteChange]:
-        handles = Bytea(k[1] for k in keys), Bytea(k[2] for k in keys)
-        rows = {(r[0], r[1]): r for r in await pg_trio.fetch(conn, _FETCH_JOBS, handles)}
+        read = [k for k in keys if k[0] == "j"]
+        rows: dict[Handle, Sequence[Any]] = {}
+        if read:
+            handles = Bytea(k[1] for k in read), Bytea(k[2] for k in read)
+            rows = {(r[0], r[1]): r for r in await pg_trio.fetch(conn, _FETCH_JOBS, handles)}
         now = self._clock()
         out: list[RemoteChange] = []
         for key in keys:
@@ -364,7 +448,7 @@ class Listener:
         self, out: list[RemoteChange], key: Key, rows: Mapping[Handle, Sequence[Any]], now: float
     ) -> None:
         """Add what a job key's current row (or its absence) means to ``out``."""
-        row = rows.get((key[1], key[2]))
+        row = rows.get((key[1], key[2])) if key[0] == "j" else None
         if row is None:
             out.append(RemoteDelete(key[1], key[2]))
         elif (job := remote_job(row, self._me, now)) is not None:
@@ -402,7 +486,7 @@ class Listener:
         for key in keys:
             if key[0] in _RETRY_KEYS:
                 out.append(retry.change(key))
-            elif key[0] == "j":
+            elif key[0] in ("j", "d"):
                 self._job_change(out, key, rows, now)
             elif key[0] == "s":
                 srow = schedules.get((key[1], key[2]))

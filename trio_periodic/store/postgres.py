@@ -106,7 +106,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from itertools import starmap
 from typing import Final, TypeVar
@@ -138,6 +139,7 @@ from trio_periodic.store.pg_notify import (
     CHANNEL,
     Handle,
     Listener,
+    OwnLines,
     change_lines,
     claim_lines,
     payloads,
@@ -297,6 +299,10 @@ class PostgresStore:
         self._committer = GroupCommitter(self._apply)
         #: The jobs the scheduler may hold, for the resync (trio thread only).
         self._known = KnownJobs()
+        #: Our job lines not heard back yet (see pg_notify; trio thread only).
+        self._own = OwnLines()
+        #: The listener ``watch`` is reading with (for ``reread``).
+        self._watching: Listener | None = None
         #: Listening since ``open``, until the first ``watch`` takes it over.
         self._listener: Listener | None = None
         self._listeners: set[Listener] = set()  # every live one, for aclose
@@ -341,12 +347,13 @@ class PostgresStore:
 
         async def attempt(conn: Conn) -> dict[Handle, float | None]:
             now = self._clock()
+            lines = claim_lines(self.server_id, wanted)
             params = claim_params(
-                {h: until - now for h, until in wanted.items()},
-                self.server_id,
-                payloads(claim_lines(self.server_id, wanted)),
+                {h: until - now for h, until in wanted.items()}, self.server_id, payloads(lines)
             )
-            rows = await pg_trio.fetch(conn, CLAIM, params)
+            with self._sending(lines) as sent:
+                rows = await pg_trio.fetch(conn, CLAIM, params)
+                sent(bool(rows[0][0]))  # notifications go out only if a job was claimed
             won, held = claim_outcome(rows[0])
             return {h: (None if h not in held else now + held[h]) for h in wanted if h not in won}
 
@@ -359,10 +366,13 @@ class PostgresStore:
         docstring); the new row and the job submitted, or None (no row)."""
         if self._pool is None or self._closed:
             raise StoreError(f"{self.uri}: store is not open")
-        out = await self._on_lane(
-            self._claims, "schedule",
-            lambda conn: trio.to_thread.run_sync(self._fire_sync, conn, func, name, decide),
-        )  # fmt: skip
+        # The job's line goes out only if the firing puts a job.
+        with self._sending(claim_lines(self.server_id, [(func, name)])) as sent:
+            out = await self._on_lane(
+                self._claims, "schedule",
+                lambda conn: trio.to_thread.run_sync(self._fire_sync, conn, func, name, decide),
+            )  # fmt: skip
+            sent(out is not None and out[1] is not None)
         if out is not None and out[1] is not None:
             self._known.submitted(self._known.submitting([PutJob(out[1])]))
         return out
@@ -429,8 +439,11 @@ class PostgresStore:
                 except psycopg.Error as exc:
                     raise StoreError(f"cannot LISTEN on PostgreSQL at {self.uri}: {exc}") from exc
             task_status.started()
+            self._watching = listener
             await self._watch_loop(listener, partial(self._report, on_changes), resync=fresh)
         finally:
+            if self._watching is listener:
+                self._watching = None
             self._listeners.discard(listener)
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(listener.stop)
@@ -452,6 +465,31 @@ class PostgresStore:
             if pool is not None:
                 await trio.to_thread.run_sync(pool.close)
 
+    def reread(self, handles: Sequence[Handle]) -> None:
+        """Have ``watch`` read these jobs' rows again at its next turn (trio thread)."""
+        if self._watching is not None:
+            self._watching.reread(handles)
+
+    @contextmanager
+    def _sending(self, lines: Sequence[str]) -> Iterator[Callable[[bool], None]]:
+        """Count our job lines among ``lines`` as on their way to our listener
+        for the ``with`` block, which sends them.  They are uncounted when
+        PostgreSQL refused the transaction, or when the block calls the
+        function it gets with False (nothing was sent).  A broken connection
+        leaves them counted: the transaction may have committed."""
+        keys = self._own.sending(lines)
+
+        def sent(yes: bool) -> None:
+            if not yes:
+                self._own.unsent(keys)
+
+        try:
+            yield sent
+        except psycopg.Error as exc:
+            if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                self._own.unsent(keys)
+            raise
+
     # -- watching (trio side) -----------------------------------------------------
 
     def _report(
@@ -461,9 +499,14 @@ class PostgresStore:
         on_changes(changes)
 
     def _new_listener(self) -> Listener:
-        listener = Listener(self._conninfo, self._connect_seconds, self.server_id, self._clock)
+        listener = self._make_listener()
         self._listeners.add(listener)
         return listener
+
+    def _make_listener(self) -> Listener:
+        return Listener(
+            self._conninfo, self._connect_seconds, self.server_id, self._clock, self._own
+        )
 
     async def _watch_loop(
         self, listener: Listener, on_changes: Callable[[list[RemoteChange]], None], resync: bool
@@ -533,7 +576,7 @@ class PostgresStore:
             conn = psycopg.connect(self._conninfo, connect_timeout=self._connect_seconds)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.uri}: {exc}") from exc
-        listener = Listener(self._conninfo, self._connect_seconds, self.server_id, self._clock)
+        listener = self._make_listener()
         try:
             with conn:
                 self._migrate(conn)
@@ -663,14 +706,18 @@ class PostgresStore:
         async def attempt(conn: Conn) -> set[Handle]:
             me, now = self.server_id, self._clock()
             batch = without_moot_extensions(changes)
-            notes = payloads(change_lines(me, batch))
+            lines = change_lines(me, batch)
+            notes = payloads(lines)
             claimed[:] = [
                 (c.job.func, c.job.name) for c in batch if isinstance(c, PutJob) and c.lease
             ]
             single = one_statement(batch, notes, bool(claimed), me, now)
-            if single is not None:
-                return await run_single(conn, single, bool(claimed))
-            return await trio.to_thread.run_sync(run_block, conn, batch, notes, claimed, me, now)
+            with self._sending(lines):
+                if single is not None:
+                    return await run_single(conn, single, bool(claimed))
+                return await trio.to_thread.run_sync(
+                    run_block, conn, batch, notes, claimed, me, now
+                )
 
         try:
             won = await self._on_lane(self._commits, "commit", attempt)
