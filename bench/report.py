@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.procs import find_binary
 from bench.runner import Cell, RawResults
-from bench.scenarios import E2E_SHAPES, SCENARIOS, describe
+from bench.scenarios import E2E_SHAPES, SCENARIOS, describe, projected_ceiling
 from bench.servers import OURS, PEERS
 from bench.stats import percentile, ratio, summarize
 
@@ -66,6 +66,20 @@ LIKE_METRICS = ("jobs_per_s", "cpu_us_per_job")
 
 BUSY = 0.85  # generator CPU/wall above which a figure is flagged
 LAT_POINTS = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
+
+
+def scale_projection(metrics: dict[str, Any]) -> str:
+    """The scale scenario's projection (``projected_ceiling``) from the runs'
+    medians: one line, not one per run."""
+    halves = [
+        {k: metrics.get(f"{label}_{k}", {}).get("median", math.nan) for k in _PER_JOB}
+        for label in ("one", "two")
+    ]
+    return projected_ceiling(*halves)
+
+
+#: The per-job costs of each half of the scale scenario that the projection uses.
+_PER_JOB = ("srv_us_per_job", "db_us_per_job")
 
 
 def _version(argv: list[str]) -> str:
@@ -145,6 +159,8 @@ def build_summary(raw: RawResults, argv: list[str], periodicd: list[str]) -> dic
             if runs:
                 keys = runs[0]["metrics"].keys()
                 entry["metrics"] = {k: summarize(_runs_values(runs, k)) for k in keys}
+                if sc == "scale" and (ceiling := scale_projection(entry["metrics"])):
+                    entry["notes"].append(ceiling)
                 utils = [float(g["util"]) for r in runs for g in r["gen"]]
                 entry["generator_util_max"] = max(utils) if utils else None
                 if utils and max(utils) > BUSY:

@@ -613,8 +613,6 @@ def scale(
         one["gen"] + two["gen"],
         two["srv_util"],
     )
-    if ceiling := projected_ceiling(one, two):
-        out.notes.append(ceiling)
     for count, half in sorted(halves.items()):
         label = "1 server" if count == 1 else "2 servers"
         if half["duplicates"]:

@@ -59,3 +59,16 @@ def test_the_projection_charges_every_server_for_mirroring_the_others() -> None:
     assert "4: 19,704 (1.8 database cores)" in text
     assert "caps any number near 23,529 jobs/s" in text
     assert projected_ceiling(one, {"srv_us_per_job": float("nan"), "db_us_per_job": 1.0}) == ""
+
+
+def test_the_report_projects_once_from_the_medians_of_the_runs() -> None:
+    metrics = {
+        "one_srv_us_per_job": summarize([80.0, 75.5, 70.0]),
+        "two_srv_us_per_job": summarize([118.0, 110.0, 130.0]),
+        "one_db_us_per_job": summarize([28.5, 30.0, 20.0]),
+        "two_db_us_per_job": summarize([49.0, 40.0, 60.0]),
+    }
+    medians = {"srv_us_per_job": 75.5, "db_us_per_job": 28.5}
+    two = {"srv_us_per_job": 118.0, "db_us_per_job": 49.0}
+    assert report.scale_projection(metrics) == projected_ceiling(medians, two)
+    assert report.scale_projection({}) == ""
