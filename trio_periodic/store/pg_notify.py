@@ -190,7 +190,8 @@ def payloads(lines: Sequence[str]) -> list[str]:
 class OwnLines:
     """This server's job lines (``j``, ``d``) on their way to its own
     listener: sent, or about to be, and not heard back yet (see the module
-    docstring).  Keyed by the line's hex func and name; trio thread only.
+    docstring).  Keyed by the line's tail, ``"<hex func> <hex name>"``;
+    trio thread only.
 
     A count may only err high: a line counted is uncounted before it is heard
     only when its transaction certainly did not commit (PostgreSQL refused
@@ -198,30 +199,33 @@ class OwnLines:
     line sent while the LISTEN connection was down stay counted; that costs
     the row reads a delete line would have spared, never a job."""
 
-    def __init__(self) -> None:
-        self._count: dict[tuple[str, str], int] = {}
+    def __init__(self, server_id: str) -> None:
+        #: Where the op letter is in our lines ("<server id> <op> ...").
+        self._op = len(server_id) + 1
+        self._count: dict[str, int] = {}
 
-    def sending(self, lines: Iterable[str]) -> list[tuple[str, str]]:
-        """Count the job lines among ``lines``; returns them for ``unsent``."""
-        keys = [(p[2], p[3]) for line in lines if (p := line.split(" "))[1] in ("j", "d")]
+    def sending(self, lines: Iterable[str]) -> list[str]:
+        """Count the job lines among our ``lines``; returns them for ``unsent``."""
+        op = self._op
+        keys = [line[op + 2 :] for line in lines if line[op] in ("j", "d")]
         count = self._count
         for key in keys:
             count[key] = count.get(key, 0) + 1
         return keys
 
-    def unsent(self, keys: Iterable[tuple[str, str]]) -> None:
+    def unsent(self, keys: Iterable[str]) -> None:
         """The transaction that was to send these lines did not commit."""
         for key in keys:
             self.heard(key)
 
-    def heard(self, key: tuple[str, str]) -> None:
+    def heard(self, key: str) -> None:
         left = self._count.get(key, 0) - 1
         if left > 0:
             self._count[key] = left
         else:
             self._count.pop(key, None)
 
-    def outstanding(self, key: tuple[str, str]) -> bool:
+    def outstanding(self, key: str) -> bool:
         return key in self._count
 
     def __len__(self) -> int:
@@ -240,14 +244,16 @@ def parse(texts: Iterable[str], me: str, own: OwnLines | None = None) -> list[Ke
     Our own job lines are counted off ``own``; without it every job line
     means "read the row"."""
     keys: dict[Key, None] = {}
+    mine = me + " "
+    tail = len(mine) + 2  # where a job line's "<hex func> <hex name>" starts
     for text in texts:
         for line in text.split("\n"):
+            if line.startswith(mine):
+                if own is not None and line[tail - 2 : tail] in ("j ", "d "):
+                    own.heard(line[tail:])
+                continue
             parts = line.split(" ")
             if len(parts) < 3:
-                continue
-            if parts[0] == me:
-                if own is not None and len(parts) == 4 and parts[1] in ("j", "d"):
-                    own.heard((parts[2], parts[3]))
                 continue
             try:
                 key = _key(parts, own)
@@ -265,7 +271,7 @@ def parse(texts: Iterable[str], me: str, own: OwnLines | None = None) -> list[Ke
 def _key(parts: list[str], own: OwnLines | None) -> Key | None:
     op = parts[1]
     if op in ("j", "d") and len(parts) == 4:
-        gone = op == "d" and own is not None and not own.outstanding((parts[2], parts[3]))
+        gone = op == "d" and own is not None and not own.outstanding(f"{parts[2]} {parts[3]}")
         return ("d" if gone else "j", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))
     if op == "s" and len(parts) == 4:
         return ("s", bytes.fromhex(parts[2]), bytes.fromhex(parts[3]))

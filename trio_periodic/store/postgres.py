@@ -300,7 +300,7 @@ class PostgresStore:
         #: The jobs the scheduler may hold, for the resync (trio thread only).
         self._known = KnownJobs()
         #: Our job lines not heard back yet (see pg_notify; trio thread only).
-        self._own = OwnLines()
+        self._own = OwnLines(self.server_id)
         #: The listener ``watch`` is reading with (for ``reread``).
         self._watching: Listener | None = None
         #: Listening since ``open``, until the first ``watch`` takes it over.
