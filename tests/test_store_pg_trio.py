@@ -12,7 +12,7 @@ import trio
 from pg_fixture import pg_database_url, postgres_cluster  # noqa: F401  (fixtures)
 
 from trio_periodic.protocol.job import Job
-from trio_periodic.store.base import PutJob, RemoteJob
+from trio_periodic.store.base import PutJob, RemoteJob, StoreError
 
 pytest.importorskip("psycopg")
 import psycopg
@@ -109,9 +109,29 @@ async def test_a_claim_cancelled_while_it_waits_for_a_lock_leaves_the_store_work
 
 
 @pytest.mark.postgres
+async def test_a_claim_postgresql_refuses_is_a_store_error(url: str) -> None:
+    """The claimer handles StoreError (the round's jobs go back and are retried);
+    a raw psycopg error would end the service."""
+    store = PostgresStore(url)
+    with trio.fail_after(TIMEOUT):
+        await store.open()
+        try:
+            with _connect(url) as admin:
+                admin.execute("ALTER TABLE periodic_jobs RENAME TO periodic_jobs_away")
+                try:
+                    with pytest.raises(StoreError, match="claim failed"):
+                        await store.claim([(b"f", b"a", time.time() + 60)])
+                finally:
+                    admin.execute("ALTER TABLE periodic_jobs_away RENAME TO periodic_jobs")
+            assert await store.claim([(b"f", b"a", time.time() + 60)]) == {(b"f", b"a"): None}
+        finally:
+            await store.aclose()
+
+
+@pytest.mark.postgres
 async def test_the_listener_waits_through_its_own_servers_notifications(url: str) -> None:
-    """Each commit notifies every listener, ours too: ours are skipped on the
-    listening thread; only another server's change comes back to trio."""
+    """Each commit notifies every listener, ours too: ours are counted off and
+    skipped; only another server's change is read and reported."""
     with trio.fail_after(TIMEOUT):
         ours, other = PostgresStore(url), PostgresStore(url)
         await ours.open()

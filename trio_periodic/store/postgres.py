@@ -357,7 +357,10 @@ class PostgresStore:
             won, held = claim_outcome(rows[0])
             return {h: (None if h not in held else now + held[h]) for h in wanted if h not in won}
 
-        return await self._on_lane(self._claims, "claim", attempt)
+        try:
+            return await self._on_lane(self._claims, "claim", attempt)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.uri}: claim failed: {exc}") from exc
 
     async def fire_schedule(
         self, func: bytes, name: bytes, decide: ScheduleDecision
