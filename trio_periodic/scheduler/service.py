@@ -239,13 +239,9 @@ class SchedulerService:
     def _forget_ahead(self, changes: Sequence[Change]) -> None:
         """Our own put clears our claim on the row (and a delete removes it):
         such a job must be claimed again before it goes out."""
-        gone: list[tuple[bytes, bytes]] = []
+        gone = list(_written(changes))
         for c in changes:
-            if isinstance(c, PutJob):
-                gone.append((c.job.func, c.job.name))
-            elif isinstance(c, DeleteJob):
-                gone.append((c.func, c.name))
-            elif isinstance(c, DeleteFunc):
+            if isinstance(c, DeleteFunc):
                 gone += [h for h in self._ahead if h[0] == c.func]
         self._forget(gone)
 
@@ -486,10 +482,8 @@ class SchedulerService:
             # A row another server changed is not (or no longer) claimed by us.
             gone: list[tuple[bytes, bytes]] = []
             for c in changes:
-                if isinstance(c, RemoteJob):
-                    gone.append((c.job.func, c.job.name))
-                elif isinstance(c, RemoteDelete):
-                    gone.append((c.func, c.name))
+                if (handle := _remote_job(c)) is not None:
+                    gone.append(handle)
                 elif isinstance(c, RemoteDropFunc):
                     gone += [h for h in self._ahead if h[0] == c.func]
             self._forget(gone)
@@ -506,14 +500,8 @@ class SchedulerService:
         read again once our writes of it are committed (``_committed_writes``)."""
         keep: list[RemoteChange] = []
         for c in changes:
-            if isinstance(c, RemoteJob):
-                handle = (c.job.func, c.job.name)
-            elif isinstance(c, RemoteDelete):
-                handle = (c.func, c.name)
-            else:
-                keep.append(c)
-                continue
-            if handle in self._committing:
+            handle = _remote_job(c)
+            if handle is not None and handle in self._committing:
                 self._held_back.add(handle)
             else:
                 keep.append(c)
@@ -648,3 +636,12 @@ def _written(changes: Sequence[Change]) -> Iterable[tuple[bytes, bytes]]:
             yield (c.job.func, c.job.name)
         elif isinstance(c, DeleteJob):
             yield (c.func, c.name)
+
+
+def _remote_job(change: RemoteChange) -> tuple[bytes, bytes] | None:
+    """The job another server's change writes or deletes (None: not one job's)."""
+    if isinstance(change, RemoteJob):
+        return (change.job.func, change.job.name)
+    if isinstance(change, RemoteDelete):
+        return (change.func, change.name)
+    return None
