@@ -166,10 +166,12 @@ async def test_our_lines_are_counted_until_our_listener_hears_them(url: str) -> 
         await store.open()
         await other.open()
         try:
+            await store.commit([PutJob(Job(F, X)), PutJob(Job(F, b"y"))])
+            await store.claim([(F, X, time.time() + 60)])
+            # Nothing reads the notifications before the watch starts.
+            assert len(store._own) == 3  # two puts and a claim
             async with trio.open_nursery() as nursery:
                 await nursery.start(partial(store.watch, seen.extend))
-                await store.commit([PutJob(Job(F, X)), PutJob(Job(F, b"y"))])
-                await store.claim([(F, X, time.time() + 60)])
                 while len(store._own):
                     await trio.sleep(0.01)
                 # Another server deletes both: reported as deletes, with no job lost.

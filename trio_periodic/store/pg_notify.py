@@ -318,17 +318,17 @@ class Listener:
         self._clock = clock
         #: Our job lines not heard back yet (None: read every job row named).
         self._own = own
-        #: Jobs to read again at the next turn (``reread``), and the scope of
-        #: the wait for notifications, which ``reread`` cancels.
+        #: Jobs to read again at the next turn (``reread``).
         self._wanted: dict[Handle, None] = {}
-        self._wait_scope: trio.CancelScope | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._conn: _Conn | None = None
         #: Payloads received and not looked at yet.
         self._heard: list[str] = []
-        #: The socket the trio thread waits on, while it does.
-        self._waiting_on: int | None = None
+        #: While the trio thread waits for notifications: the socket it waits
+        #: on (``interrupt`` closes it under the wait) and the wait's scope
+        #: (``reread`` cancels it).
+        self._waiting: tuple[int, trio.CancelScope] | None = None
 
     # Each worker-thread call goes through ``run``; ``stop`` may come from any thread.
 
@@ -345,8 +345,8 @@ class Listener:
     def interrupt(self) -> None:
         """(trio thread) Wake a wait for notifications before ``stop`` closes
         its socket: it then fails with InterfaceError."""
-        if self._waiting_on is not None:
-            trio.lowlevel.notify_closing(self._waiting_on)
+        if self._waiting is not None:
+            trio.lowlevel.notify_closing(self._waiting[0])
 
     def stop(self) -> None:
         """Close the connection now, or make the thread using it close it when done."""
@@ -393,8 +393,8 @@ class Listener:
         """(trio thread) Read these jobs' rows again at the next turn."""
         for handle in handles:
             self._wanted[handle] = None
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        if self._waiting is not None:
+            self._waiting[1].cancel()
 
     async def next_changes(self) -> list[RemoteChange]:
         """(trio thread) Wait for other servers' notifications and read what
@@ -428,15 +428,14 @@ class Listener:
 
     async def _wait_readable(self, conn: _Conn) -> None:
         fileno = conn.pgconn.socket
-        self._waiting_on = fileno
         try:
-            with trio.CancelScope() as self._wait_scope:
+            with trio.CancelScope() as scope:
+                self._waiting = (fileno, scope)
                 await trio.lowlevel.wait_readable(fileno)
         except trio.ClosedResourceError:
             raise psycopg.InterfaceError("listener stopped") from None
         finally:
-            self._waiting_on = None
-            self._wait_scope = None
+            self._waiting = None
 
     async def _read_jobs(self, conn: _Conn, keys: Sequence[Key]) -> list[RemoteChange]:
         read = [k for k in keys if k[0] == "j"]
