@@ -68,6 +68,10 @@ BUSY = 0.85  # generator CPU/wall above which a figure is flagged
 LAT_POINTS = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
 
 
+#: The per-job costs of each half of the scale scenario that the projection uses.
+_PER_JOB = ("srv_us_per_job", "db_us_per_job")
+
+
 def scale_projection(metrics: dict[str, Any]) -> str:
     """The scale scenario's projection (``projected_ceiling``) from the runs'
     medians: one line, not one per run."""
@@ -76,10 +80,6 @@ def scale_projection(metrics: dict[str, Any]) -> str:
         for label in ("one", "two")
     ]
     return projected_ceiling(*halves)
-
-
-#: The per-job costs of each half of the scale scenario that the projection uses.
-_PER_JOB = ("srv_us_per_job", "db_us_per_job")
 
 
 def _version(argv: list[str]) -> str:
